@@ -1,0 +1,285 @@
+"""Typed training configuration: YAML file + ``key=value`` overrides, validated all at once.
+
+``load_config`` is the only entry point the CLI needs. Every problem (unknown key, wrong type, value out of
+range) is collected into one :class:`ConfigError` before any work starts, so a user fixes a config in one go.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_DATA_DIR = "data"
+DEFAULT_FEATURES = (
+    "asleep",
+    "caffeine_mg",
+    "alcohol_drinks",
+    "pressure_hpa",
+    "pressure_change_3h",
+    "skipped_meal",
+    "screen_time_min",
+    "steps",
+    "menstrual_window",
+    "heart_rate",
+    "hrv",
+    "skin_temp",
+    "stress_rating",
+)
+DEFAULT_LATENTS = ("stress", "sleep_debt", "hormonal", "env_load")
+SPLITS = ("train", "val", "test")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``str(err)`` lists every problem, one per line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnsConfig(_Section):
+    """Which CSV columns play which role; defaults match ``python -m aline.simulate``."""
+
+    window_id: str = "window_id"
+    hour: str = "hour"
+    label: str = "y_next"
+    features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES), min_length=1)
+    latents: list[str] = Field(default_factory=lambda: list(DEFAULT_LATENTS), min_length=1)
+    latent_prefix: str = "z_"
+    post_mean_prefix: str = "post_mean_"
+    # Column prefix of the per-hour posterior std used as sigma target; null when the CSV has none.
+    sigma_prefix: str | None = "post_std_"
+    query_value: str | None = "query_value"
+    p_bayes: str | None = "p_bayes"
+    p_true: str | None = "p_true"
+
+    def latent_columns(self) -> list[str]:
+        return [self.latent_prefix + n for n in self.latents]
+
+    def sigma_columns(self) -> list[str] | None:
+        return None if self.sigma_prefix is None else [self.sigma_prefix + n for n in self.latents]
+
+    def post_mean_columns(self) -> list[str]:
+        return [self.post_mean_prefix + n for n in self.latents]
+
+
+class DataConfig(_Section):
+    dir: str = DEFAULT_DATA_DIR
+    prefix: str = "synthetic_migraine"
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+
+    def split_path(self, split: str) -> Path:
+        return Path(self.dir) / f"{self.prefix}_{split}.csv"
+
+    @property
+    def meta_path(self) -> Path:
+        return Path(self.dir) / f"{self.prefix}_meta.json"
+
+    @property
+    def is_default_dir(self) -> bool:
+        # Only the default folder may be filled by the simulator: a typo in an explicit path must fail.
+        return Path(self.dir) == Path(DEFAULT_DATA_DIR)
+
+
+class ModelConfig(_Section):
+    d_model: int = Field(64, ge=4, le=4096)
+    heads: int = Field(4, ge=1, le=64)
+    layers: int = Field(2, ge=1, le=48)
+    ff_dim: int = Field(128, ge=4)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.heads ({self.heads})")
+        return self
+
+
+class OptimConfig(_Section):
+    lr: float = Field(2e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+
+
+class SchedConfig(_Section):
+    name: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    min_lr_ratio: float = Field(0.02, ge=0.0, le=1.0)
+    step_epochs: int = Field(10, ge=1)
+    gamma: float = Field(0.5, gt=0.0, le=1.0)
+    plateau_patience: int = Field(2, ge=0)
+
+
+class TrainerConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    log_every: int = Field(20, ge=1)
+
+
+class LossConfig(_Section):
+    lam: float = Field(1.0, ge=0.0, description="λ: weight of MSE(sigma_z, σ*) inside L_post")
+    alpha: float = Field(0.1, ge=0.0, description="α: weight of the policy loss")
+    beta: float = Field(1.0, ge=0.0, description="β: weight of the next-day BCE")
+    sigma_target: Literal["posterior", "constant"] = "posterior"
+    sigma_constant: float = Field(0.5, gt=0.0)
+    bce_into_encoder: bool = False
+
+
+class PolicyConfig(_Section):
+    k: int = Field(3, ge=1, le=24)
+    reward: Literal["uncertainty", "query_value"] = "uncertainty"
+    samples: int = Field(4, ge=1, le=64)
+    baseline: Literal["loo", "batch_mean", "none"] = "loo"
+    train_encoder: bool = False
+
+
+class EarlyStopConfig(_Section):
+    metric: str = "auc"
+    patience: int | None = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class CheckpointConfig(_Section):
+    metric: str = "auc"
+    n_saved: int = Field(1, ge=1)
+
+
+class LoggingConfig(_Section):
+    wandb: bool = False
+    wandb_project: str = "aline"
+    wandb_mode: Literal["online", "offline", "disabled"] = "offline"
+    progress: bool = True
+
+
+class DistConfig(_Section):
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    backend: Literal["gloo", "nccl"] | None = None
+
+
+class RunConfig(_Section):
+    dir: str = "runs"
+    name: str = Field("aline", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class Config(_Section):
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    sched: SchedConfig = Field(default_factory=SchedConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> Config:
+        from aline.contract import VAL_METRICS
+
+        for key, name in (("early_stop.metric", self.early_stop.metric), ("checkpoint.metric", self.checkpoint.metric)):
+            if name not in VAL_METRICS:
+                raise ValueError(f"{key}: unknown metric {name!r}; choose one of {', '.join(VAL_METRICS)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["optim.lr=3e-4", "policy.k=5"]`` into a nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"override {item!r}: expected key=value, e.g. optim.lr=3e-4")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"override {item!r}: {part!r} is a value, not a section")
+                break
+        else:
+            node[leaf] = value
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (YAML; built-in defaults when None), apply overrides, validate everything at once."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"config file {path}: cannot read it ({err.strerror or err})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    raw = _merge(raw, parse_overrides(list(overrides)))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}): {err.error_count()} problem(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key{_did_you_mean(e['loc'])}")
+            continue
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key or '<top>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))!r}?" if close else ""
