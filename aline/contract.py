@@ -52,7 +52,7 @@ for _name in VAL_METRICS:
 # --- calibration.csv and topk_hours.csv -------------------------------------------------------------
 CALIBRATION_HEADER = ("epoch", "bin", "lo", "hi", "count", "mean_pred", "frac_pos")
 TOPK_HEADER = ("epoch", "hour", "frequency")
-ECE_BINS = 15
+from aline.scoring import ECE_BINS  # noqa: E402,F401  (one definition of the bin count)
 HOURS = 24
 
 # --- oracle references stored in status.json["oracle"] (from the simulator's meta file) -----------------
