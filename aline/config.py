@@ -95,7 +95,7 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.heads:
-            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.heads ({self.heads})")
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         return self
 
 
@@ -187,7 +187,8 @@ class Config(_Section):
     def _known_metrics(self) -> Config:
         from aline.contract import VAL_METRICS
 
-        for key, name in (("early_stop.metric", self.early_stop.metric), ("checkpoint.metric", self.checkpoint.metric)):
+        chosen = {"early_stop.metric": self.early_stop.metric, "checkpoint.metric": self.checkpoint.metric}
+        for key, name in chosen.items():
             if name not in VAL_METRICS:
                 raise ValueError(f"{key}: unknown metric {name!r}; choose one of {', '.join(VAL_METRICS)}")
         return self

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from aline.scoring import ECE_BINS  # noqa: F401  (re-exported: one definition of the bin count)
+
 # --- files inside runs/<run>/ -------------------------------------------------------------------------
 CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
@@ -52,7 +54,6 @@ for _name in VAL_METRICS:
 # --- calibration.csv and topk_hours.csv -------------------------------------------------------------
 CALIBRATION_HEADER = ("epoch", "bin", "lo", "hi", "count", "mean_pred", "frac_pos")
 TOPK_HEADER = ("epoch", "hour", "frequency")
-from aline.scoring import ECE_BINS  # noqa: E402,F401  (one definition of the bin count)
 HOURS = 24
 
 # --- oracle references stored in status.json["oracle"] (from the simulator's meta file) -----------------
