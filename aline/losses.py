@@ -1,0 +1,207 @@
+"""The composite training loss of the simplified ALINE model, as pure functions of tensors.
+
+``loss = L_post + α · L_policy + β · L_bce``. Every part is returned per window (shape ``[B]``) because
+the evaluator averages per window; ``.mean()`` gives the batch value. The policy part is a score-function
+(REINFORCE) estimator over k hours drawn without replacement from the Plackett–Luce distribution that
+the policy scores define, sampled with the Gumbel-top-k trick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aline.contract import LOSS_COLUMNS
+
+if TYPE_CHECKING:
+    from aline.config import LossConfig, PolicyConfig
+    from aline.model import AlineOutput
+
+Baseline = Literal["loo", "batch_mean", "none"]
+UNCERTAINTY_SIGMA_WEIGHT = 0.1  # the ticket's weight of mean_z sigma_z,t in the uncertainty reward
+
+
+@dataclass
+class LossParts:
+    """Per-window loss parts, each ``[B]``; ``total = post + α · policy + β · bce``."""
+
+    total: Tensor
+    post: Tensor
+    policy: Tensor
+    bce: Tensor
+
+    def means(self) -> dict[str, float]:
+        """Batch means under the metrics.csv column names."""
+        values = (self.total, self.post, self.policy, self.bce)
+        return {name: float(v.detach().mean()) for name, v in zip(LOSS_COLUMNS, values, strict=True)}
+
+
+# --- posterior and prediction ---------------------------------------------------------------------------
+
+
+def posterior_loss(
+    mu_z: Tensor, sigma_z: Tensor, z: Tensor, sigma_target: Tensor | float, lam: float
+) -> Tensor:
+    """``MSE(mu_z, z) + lam · MSE(sigma_z, sigma_target)`` per window, averaged over hours and latents."""
+    if mu_z.shape != z.shape or sigma_z.shape != z.shape:
+        raise ValueError(
+            f"posterior_loss: mu_z {list(mu_z.shape)}, sigma_z {list(sigma_z.shape)} and "
+            f"z {list(z.shape)} must have the same [B, T, Z] shape"
+        )
+    if isinstance(sigma_target, Tensor) and sigma_target.shape != z.shape:
+        raise ValueError(
+            f"posterior_loss: sigma_target {list(sigma_target.shape)} must match z {list(z.shape)}"
+        )
+    mse_mu = (mu_z - z).square().flatten(1).mean(1)  # [B]
+    mse_sigma = (sigma_z - sigma_target).square().flatten(1).mean(1)  # [B]
+    return mse_mu + lam * mse_sigma
+
+
+def bce_loss(logit_next: Tensor, y: Tensor) -> Tensor:
+    """Next-day binary cross-entropy per window, from logits (no log(0) for confident forecasts)."""
+    return F.binary_cross_entropy_with_logits(logit_next, y.to(logit_next.dtype), reduction="none")
+
+
+# --- rewards (always detached: the policy may not change what it is rewarded for) --------------------
+
+
+def uncertainty_reward(p: Tensor, sigma_z: Tensor) -> Tensor:
+    """The ticket's per-hour reward ``entropy(p_t) + 0.1 · mean_z sigma_z,t`` (nats), detached. ``[B, T]``"""
+    p = p.detach()
+    entropy = -(torch.special.xlogy(p, p) + torch.special.xlogy(1.0 - p, 1.0 - p))  # [B, T]
+    return entropy + UNCERTAINTY_SIGMA_WEIGHT * sigma_z.detach().mean(-1)
+
+
+def query_value_reward(query_value: Tensor) -> Tensor:
+    """The simulator's per-hour query value (cut in Var(w*·Z_23)) as reward, detached. ``[B, T]``"""
+    return query_value.detach()
+
+
+# --- the Plackett–Luce policy ------------------------------------------------------------------------
+
+
+def gumbel_topk(scores: Tensor, k: int, samples: int, generator: torch.Generator | None = None) -> Tensor:
+    """``samples`` draws of k distinct hours per window, ``[S, B, k]``, in draw order.
+
+    Sorting ``scores + Gumbel noise`` in decreasing order gives exactly a sequential draw without
+    replacement with probabilities softmax(scores) over the hours still left (Plackett–Luce).
+    """
+    _check_k(scores, k)
+    shape = (samples, *scores.shape)  # [S, B, T]
+    tiny = torch.finfo(scores.dtype).tiny
+    u = torch.rand(shape, generator=generator, device=scores.device, dtype=scores.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp_min(tiny)))
+    return (scores.detach() + gumbel).topk(k, dim=-1, sorted=True).indices
+
+
+def plackett_luce_log_prob(scores: Tensor, hours: Tensor) -> Tensor:
+    """Log-probability of drawing ``hours`` (``[..., B, k]``, in draw order) under Plackett–Luce.
+
+    ``sum_j [s_{h_j} - logsumexp(s over hours not drawn before step j)]``, with the earlier draws masked
+    to -inf rather than subtracted, which stays exact when they hold nearly all the mass.
+    Returns ``[..., B]``.
+    """
+    t = scores.shape[-1]
+    chosen = scores.expand(*hours.shape[:-1], t).gather(-1, hours)  # [..., B, k]
+    onehot = F.one_hot(hours, t)  # [..., B, k, T]
+    drawn_before = (onehot.cumsum(-2) - onehot).bool()  # [..., B, k, T]
+    masked = scores.unsqueeze(-2).masked_fill(drawn_before, float("-inf"))  # [..., B, k, T]
+    return (chosen - masked.logsumexp(-1)).sum(-1)
+
+
+def policy_loss(
+    scores: Tensor,
+    reward: Tensor,
+    k: int,
+    samples: int = 4,
+    baseline: Baseline = "loo",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Score-function estimator of ``-E[reward of k hours drawn from the policy]``, per window ``[B]``.
+
+    The reward of a draw is the mean per-hour reward of its k hours; its advantage (reward − baseline,
+    detached) weights the Plackett–Luce log-probability of the draw, so the gradient w.r.t. ``scores`` is
+    an unbiased estimate of the gradient of the expected reward. Baselines: ``"loo"`` the mean of the
+    window's other samples; ``"batch_mean"`` the mean over every other sample in the batch; ``"none"``.
+    Neither baseline depends on the draw it is subtracted from, so neither adds bias.
+
+    Why not the original ticket's ``-uncert.gather(1, scores.topk(k).indices).mean()``: ``topk`` indices
+    are integers, so no gradient reaches ``scores`` and the policy never learns; the only gradient left
+    flows into ``uncert``, i.e. into the model's own entropy and sigma_z, pushing the posterior to claim
+    more uncertainty. Here the reward is detached and the gradient goes to the scores alone.
+    """
+    _check_k(scores, k)
+    if reward.shape != scores.shape:
+        raise ValueError(f"policy_loss: reward {list(reward.shape)} must match scores {list(scores.shape)}")
+    if baseline == "loo" and samples < 2:
+        raise ValueError("policy_loss: baseline 'loo' needs samples >= 2 (policy.samples)")
+    hours = gumbel_topk(scores, k, samples, generator)  # [S, B, k]
+    log_prob = plackett_luce_log_prob(scores, hours)  # [S, B]
+    reward = reward.detach()
+    set_reward = reward.expand(samples, *reward.shape).gather(-1, hours).mean(-1)  # [S, B]
+    if baseline == "loo":
+        base = (set_reward.sum(0, keepdim=True) - set_reward) / (samples - 1)
+    elif baseline == "batch_mean":
+        n = set_reward.numel()
+        base = (set_reward.sum() - set_reward) / max(n - 1, 1)
+    elif baseline == "none":
+        base = torch.zeros_like(set_reward)
+    else:
+        raise ValueError(f"policy_loss: unknown baseline {baseline!r}; choose loo, batch_mean or none")
+    advantage = (set_reward - base).detach()  # [S, B]
+    return -(advantage * log_prob).mean(0)
+
+
+def select_topk_hours(scores: Tensor, k: int) -> Tensor:
+    """The k highest-scoring hours of each window, sorted ascending, ``[B, k]``: the policy at evaluation."""
+    _check_k(scores, k)
+    return scores.topk(k, dim=-1).indices.sort(dim=-1).values
+
+
+def _check_k(scores: Tensor, k: int) -> None:
+    if scores.dim() != 2:
+        raise ValueError(f"policy scores must be [B, T], got shape {list(scores.shape)}")
+    if not 1 <= k <= scores.shape[-1]:
+        raise ValueError(f"policy.k must lie in 1..{scores.shape[-1]} (the hours per window), got {k}")
+
+
+# --- the total --------------------------------------------------------------------------------------
+
+
+def composite_loss(
+    out: AlineOutput,
+    batch: dict[str, Tensor],
+    loss_cfg: LossConfig,
+    policy_cfg: PolicyConfig,
+    generator: torch.Generator | None = None,
+) -> LossParts:
+    """``L_post + α · L_policy + β · L_bce`` per window, with every part.
+
+    ``batch`` holds ``"z"`` [B, T, Z] and ``"y"`` [B]; ``"sigma"`` [B, T, Z] when
+    ``loss.sigma_target == "posterior"``; ``"query_value"`` [B, T] when ``policy.reward == "query_value"``.
+    """
+    if loss_cfg.sigma_target == "posterior":
+        sigma_target: Tensor | float = _require(batch, "sigma", "loss.sigma_target=posterior")
+    else:
+        sigma_target = loss_cfg.sigma_constant
+    post = posterior_loss(out.mu_z, out.sigma_z, batch["z"], sigma_target, loss_cfg.lam)
+
+    if policy_cfg.reward == "query_value":
+        reward = query_value_reward(_require(batch, "query_value", "policy.reward=query_value"))
+    else:
+        reward = uncertainty_reward(out.p, out.sigma_z)
+    policy = policy_loss(out.scores, reward, policy_cfg.k, policy_cfg.samples, policy_cfg.baseline, generator)
+
+    bce = bce_loss(out.logit_next, batch["y"])
+    total = post + loss_cfg.alpha * policy + loss_cfg.beta * bce
+    return LossParts(total=total, post=post, policy=policy, bce=bce)
+
+
+def _require(batch: dict[str, Tensor], key: str, why: str) -> Tensor:
+    if key not in batch:
+        raise KeyError(f"composite_loss: batch has no {key!r} tensor, which {why} needs")
+    return batch[key]
