@@ -163,12 +163,11 @@ class WindowMetric(Metric):
         index = torch.cat(self._index) if self._index else torch.zeros(0, dtype=torch.int64)  # [n]
         rows = torch.cat(self._rows) if self._rows else torch.zeros(0, self._width, dtype=torch.float64)
         if idist.get_world_size() > 1:
-            # Counts are equal under a padding DistributedSampler, but gathering with explicit shapes
-            # also stays correct for uneven shares (a last partial batch, an empty process).
-            counts = idist.all_gather(torch.tensor([index.shape[0]], dtype=torch.int64))  # [world]
-            counts = [int(c) for c in counts.tolist()]
-            index = torch.cat(idist.all_gather_tensors_with_shapes(index, [[c] for c in counts]))
-            rows = torch.cat(idist.all_gather_tensors_with_shapes(rows, [[c, self._width] for c in counts]))
+            # Counts are equal under a padding DistributedSampler; exchanging them first keeps the
+            # gather correct for uneven shares too (no padding sampler, an empty process).
+            counts = idist.all_gather(torch.tensor([index.shape[0]], dtype=torch.int64)).tolist()  # [world]
+            index = _gather_rows(index, counts)
+            rows = _gather_rows(rows, counts)
         return index.cpu().numpy(), rows.cpu().numpy()
 
     def _split(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -182,6 +181,16 @@ class WindowMetric(Metric):
                 out[key] = rows[:, start : start + width]  # [N, w]
                 start += width
         return out
+
+
+def _gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """All processes' rows of ``x`` ([n_r, ...] on process r), concatenated in rank order."""
+    # all_gather needs equal shapes: pad every share to the largest, then cut the padding back out.
+    most = max(counts)
+    padded = torch.zeros((most, *x.shape[1:]), dtype=x.dtype)
+    padded[: x.shape[0]] = x
+    gathered = idist.all_gather(padded)  # [world * most, ...]
+    return torch.cat([gathered[r * most : r * most + c] for r, c in enumerate(counts)])
 
 
 class WindowMean(WindowMetric):
