@@ -166,12 +166,17 @@ class RunData:
         return self.metrics.column("split") == split
 
     def series(self, split: str, column: str, x: str = "iteration") -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) of one metric for one split, rows where the metric is empty dropped (``[m]``, ``[m]``)."""
+        """(x, y) of one metric for one split, rows where the metric is empty dropped (``[m]``, ``[m]``).
+
+        A resumed run appends rows again from its checkpoint's iteration on; a later row supersedes every
+        earlier row of the same split at the same or a later iteration, so each curve stays one line.
+        """
         mask = self.split_rows(split)
-        xs = self.metrics.column(x)[mask]
-        ys = self.metrics.column(column)[mask]
-        keep = ~np.isnan(ys)
-        return xs[keep], ys[keep]
+        it = self.metrics.column("iteration")[mask]  # [m]
+        # Smallest iteration logged after each row; a row survives only if every later row is further on.
+        after = np.minimum.accumulate(np.r_[it[1:], np.inf][::-1])[::-1]  # [m]
+        keep = (it < after) & ~np.isnan(self.metrics.column(column)[mask])
+        return self.metrics.column(x)[mask][keep], self.metrics.column(column)[mask][keep]
 
     def epochs_done(self) -> int | None:
         """Highest epoch with a validation row, else the epoch in status.json."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_fixtures import write_half_run, write_run
+from monitor_fixtures import append_lines, csv_line, train_row, write_half_run, write_run
 
 from aline import contract as C
 from aline.runview import RunData, list_runs, read_status, resolve_run, runs_root_from, summarize
@@ -99,3 +99,20 @@ def test_refresh_survives_a_bad_row(tmp_path: Path) -> None:
     run.refresh()
     assert any("topk_hours.csv: line" in e and "'frequency'" in e for e in run.errors)
     assert run.has_metrics
+
+
+def test_resumed_run_rows_supersede_earlier_ones(tmp_path: Path) -> None:
+    # A run resumed from the end of epoch 1 (iteration 4) re-logs iterations 5.. of epoch 2.
+    fx = write_run(tmp_path, "r", epochs=2, iters_per_epoch=4, seed=6)
+    rng = np.random.default_rng(1)
+    relogged = [train_row(rng, 2, i) for i in (5, 6, 7, 8)]
+    append_lines(tmp_path / "r" / C.METRICS_FILE, [csv_line(C.METRICS_HEADER, r) for r in relogged])
+    run = RunData(tmp_path, "r")
+    run.refresh()
+    x, y = run.series(C.SPLIT_TRAIN, "loss")
+    want = [r for r in fx.train if r["iteration"] <= 4] + relogged  # brute force: keep the latest per step
+    assert x.tolist() == [r["iteration"] for r in want]
+    assert y.tolist() == [r["loss"] for r in want]
+    # The validation row of epoch 2 (iteration 8) was logged before the resume and is superseded by nothing
+    # later in the val split, so it stays.
+    assert run.series(C.SPLIT_VAL, "auc", x="epoch")[0].tolist() == [1.0, 2.0]
