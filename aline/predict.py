@@ -1,0 +1,405 @@
+"""The trained model as an inference artifact: load a run (or one checkpoint), predict on hourly rows.
+
+``load(run_or_checkpoint) -> Predictor`` rebuilds the model from the run's ``config.yaml``, its
+``normalizer.json`` and a checkpoint read with ``torch.load(..., weights_only=True)`` (a checkpoint that
+holds pickled Python objects is refused). ``Predictor.predict(df_or_csv)`` validates the input exactly as
+training does (:func:`aline.data.read_split`) and returns, per window (one subject-day), the next-day
+probability and the policy's top-k hours, and per hour the posterior mean/std of the latent state.
+``aline.evaluate`` runs its forward pass through the same :class:`Predictor`, so both report the same
+probabilities for the same windows.
+
+CLI: ``python -m aline.predict RUN input.csv --out predictions.csv`` (one row per window:
+``window_id, p_next, topk_hours``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+import sys
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from aline import contract
+from aline.config import Config, ConfigError, load_config
+from aline.data import DataError, Normalizer, RawSplit, read_split
+from aline.losses import select_topk_hours, uncertainty_reward
+from aline.model import AlineModel, build_model
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+DEFAULT_BATCH_SIZE = 1024
+
+__all__ = ["Prediction", "Predictor", "RunError", "find_checkpoint", "load", "load_state_dict", "main"]
+
+
+class RunError(ValueError):
+    """A run folder or checkpoint that cannot be used; ``str(err)`` names the file and what is wrong."""
+
+
+# --- locating and loading the pieces of a run ---------------------------------------------------------
+
+
+def _resolve_run(run_or_checkpoint: str | Path) -> tuple[Path, Path | None]:
+    """``(run_dir, checkpoint or None)``: a run folder, or a ``.pt`` file inside ``<run>/checkpoints/``."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        return path, None
+    if path.is_file():
+        parent = path.parent
+        run_dir = parent.parent if parent.name == contract.CHECKPOINT_DIR else parent
+        return run_dir, path
+    raise RunError(f"{path}: no such run folder or checkpoint file")
+
+
+def find_checkpoint(run_dir: str | Path) -> Path:
+    """The run's best checkpoint (``status.json`` → ``best.checkpoint``); ``last.pt`` if none is recorded."""
+    run_dir = Path(run_dir)
+    status_path = run_dir / contract.STATUS_FILE
+    best: Any = None
+    if status_path.is_file():
+        try:
+            status = json.loads(status_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RunError(f"{status_path}: not readable JSON ({err})") from None
+        best = (status.get("best") or {}).get("checkpoint") if isinstance(status, dict) else None
+    if isinstance(best, str) and best:
+        path = run_dir / best
+        if not path.is_file():
+            raise RunError(f"{status_path}: best.checkpoint {best!r} does not exist ({path})")
+        return path
+    last = run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT
+    if last.is_file():
+        return last
+    raise RunError(
+        f"{run_dir}: no checkpoint to load ({contract.STATUS_FILE} names no best checkpoint and "
+        f"{contract.CHECKPOINT_DIR}/{contract.LAST_CHECKPOINT} is missing); is it a run folder that "
+        "finished at least one epoch?"
+    )
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model's state_dict from a checkpoint, read weights-only (no arbitrary code can run).
+
+    Accepts the trainer's checkpoints (state_dict under ``"model"``) and a bare state_dict.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found is None:  # not a forbidden object but bytes that are no pickle at all
+            raise RunError(
+                f"{path}: not a readable torch checkpoint (UnpicklingError: {_first_line(err)})"
+            ) from None
+        raise RunError(
+            f"{path}: refused: the checkpoint holds pickled Python objects (here {found.group(1)}), which a "
+            "weights-only load does not execute. Only tensors and plain containers are accepted; re-save "
+            "the model's state_dict."
+        ) from None
+    except FileNotFoundError:
+        raise RunError(f"{path}: checkpoint file not found") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise RunError(
+            f"{path}: not a readable torch checkpoint ({type(err).__name__}: {_first_line(err)})"
+        ) from None
+    state = payload.get("model") if isinstance(payload, Mapping) and "model" in payload else payload
+    if not (
+        isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise RunError(
+            f"{path}: no model weights found (expected a state_dict of tensors under key 'model', "
+            "or a bare state_dict)"
+        )
+    return dict(state)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _load_run_config(run_dir: Path) -> Config:
+    path = run_dir / contract.CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {contract.CONFIG_FILE}; is it a run folder (runs/<run>/)?")
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        raise RunError(f"{path}: the run's config does not load: {err}") from None
+
+
+def _load_normalizer(run_dir: Path, cfg: Config) -> Normalizer:
+    path = run_dir / contract.NORMALIZER_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {contract.NORMALIZER_FILE} (the feature statistics fitted on train)")
+    try:
+        normalizer = Normalizer.load(path)
+        normalizer.check_features(
+            cfg.data.columns.features, where=f"{run_dir / contract.CONFIG_FILE} features"
+        )
+    except DataError as err:
+        raise RunError(str(err)) from None
+    return normalizer
+
+
+# --- outputs ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Model outputs for N windows (sorted by window id), hours 0..23 along axis 1.
+
+    ``p_next`` is the next-day probability after the whole day (the hour-23 forecast); ``p_hourly`` the
+    forecast after each hour. ``uncertainty`` is the per-hour "uncertainty sampling" reward
+    (:func:`aline.losses.uncertainty_reward`), the model's own idea of where it is unsure.
+    """
+
+    window_id: np.ndarray  # [N] int64
+    p_next: np.ndarray  # [N] float64
+    p_hourly: np.ndarray  # [N, 24] float64
+    mu_z: np.ndarray  # [N, 24, Z] float32, latent units
+    sigma_z: np.ndarray  # [N, 24, Z] float32
+    scores: np.ndarray  # [N, 24] float32 policy scores
+    topk_hours: np.ndarray  # [N, k] int64, ascending
+    uncertainty: np.ndarray  # [N, 24] float32
+    latent_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.window_id.shape[0])
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per window: ``window_id, p_next, topk_hours`` (hours space-separated, ascending)."""
+        import pandas as pd
+
+        hours = [" ".join(str(int(h)) for h in row) for row in self.topk_hours]
+        return pd.DataFrame({"window_id": self.window_id, "p_next": self.p_next, "topk_hours": hours})
+
+    def hourly_frame(self) -> pd.DataFrame:
+        """One row per window and hour: ``window_id, hour, p, score, mu_<latent>..., sigma_<latent>...``."""
+        import pandas as pd
+
+        n, t = self.p_hourly.shape
+        cols: dict[str, np.ndarray] = {
+            "window_id": np.repeat(self.window_id, t),
+            "hour": np.tile(np.arange(t), n),
+            "p": self.p_hourly.reshape(-1),
+            "score": self.scores.reshape(-1),
+        }
+        for j, name in enumerate(self.latent_names):
+            cols[f"mu_{name}"] = self.mu_z[:, :, j].reshape(-1)
+        for j, name in enumerate(self.latent_names):
+            cols[f"sigma_{name}"] = self.sigma_z[:, :, j].reshape(-1)
+        return pd.DataFrame(cols)
+
+
+class Predictor:
+    """A loaded model with its config and normaliser; CPU by default, no gradients, batched."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: AlineModel,
+        normalizer: Normalizer,
+        *,
+        checkpoint: Path | None = None,
+        run_dir: Path | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg = cfg
+        self.normalizer = normalizer
+        self.checkpoint = checkpoint
+        self.run_dir = run_dir
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @property
+    def k(self) -> int:
+        return self.cfg.policy.k
+
+    def read(self, data: pd.DataFrame | str | Path, *, require_targets: bool = False) -> RawSplit:
+        """Validate hourly rows as training does; a DataFrame goes through the same CSV reader."""
+        columns = self.cfg.data.columns
+        if isinstance(data, (str, Path)):
+            return read_split(data, columns, require_targets=require_targets)
+        import pandas as pd
+
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f"predict() takes a DataFrame or a CSV path, got {type(data).__name__}")
+        # One reader for both inputs keeps the checks and messages identical; line numbers then count the
+        # DataFrame's rows from 2 (line 1 is the header), as they would in the CSV it came from.
+        with tempfile.TemporaryDirectory(prefix="aline-predict-") as tmp:
+            path = Path(tmp) / "input.csv"
+            data.to_csv(path, index=False)
+            try:
+                raw = read_split(path, columns, require_targets=require_targets)
+            except DataError as err:
+                raise DataError(str(err).replace(str(path), "input DataFrame")) from None
+        return raw
+
+    def predict(self, data: pd.DataFrame | str | Path) -> Prediction:
+        """Per window the next-day probability and top-k hours, per hour the posterior of Z.
+
+        ``data`` needs the window id, hour and feature columns of the run's config (empty cells allowed);
+        other columns are ignored. Invalid input raises :class:`aline.data.DataError`.
+        """
+        return self.predict_raw(self.read(data))
+
+    @torch.no_grad()
+    def predict_raw(self, raw: RawSplit) -> Prediction:
+        """Forward pass over an already validated split, ``batch_size`` windows at a time."""
+        self.normalizer.check_features(raw.feature_names, where=str(raw.path))
+        x, mask = self.normalizer.transform(raw.features)  # [N, 24, F] each, float32
+        n = x.shape[0]
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("p", "mu", "sigma", "scores", "topk", "unc")}
+        for start in range(0, n, self.batch_size):
+            xb = torch.from_numpy(x[start : start + self.batch_size]).to(self.device)
+            mb = torch.from_numpy(mask[start : start + self.batch_size]).to(self.device)
+            out = self.model(xb, mb)
+            parts["p"].append(out.p.cpu().numpy())  # [B, 24]
+            parts["mu"].append(out.mu_z.cpu().numpy())  # [B, 24, Z]
+            parts["sigma"].append(out.sigma_z.cpu().numpy())  # [B, 24, Z]
+            parts["scores"].append(out.scores.cpu().numpy())  # [B, 24]
+            parts["topk"].append(select_topk_hours(out.scores, self.k).cpu().numpy())  # [B, k]
+            parts["unc"].append(uncertainty_reward(out.p, out.sigma_z).cpu().numpy())  # [B, 24]
+        z_dim = len(self.cfg.data.columns.latents)
+        hours = contract.HOURS
+
+        def cat(key: str, tail: tuple[int, ...], dtype: Any) -> np.ndarray:
+            if not parts[key]:
+                return np.zeros((0, *tail), dtype=dtype)
+            return np.concatenate(parts[key]).astype(dtype, copy=False)
+
+        p_hourly = cat("p", (hours,), np.float64)  # float32 values, held exactly in float64
+        return Prediction(
+            window_id=raw.window_id.astype(np.int64, copy=False),
+            p_next=p_hourly[:, -1].copy(),
+            p_hourly=p_hourly,
+            mu_z=cat("mu", (hours, z_dim), np.float32),
+            sigma_z=cat("sigma", (hours, z_dim), np.float32),
+            scores=cat("scores", (hours,), np.float32),
+            topk_hours=cat("topk", (self.k,), np.int64),
+            uncertainty=cat("unc", (hours,), np.float32),
+            latent_names=tuple(self.cfg.data.columns.latents),
+        )
+
+
+def load(
+    run_or_checkpoint: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Predictor:
+    """A :class:`Predictor` from a run folder (its best checkpoint) or from one checkpoint file in it.
+
+    ``checkpoint`` overrides which checkpoint of the run folder to use. Raises :class:`RunError` with one
+    message for a missing or broken run folder, config, normaliser or checkpoint.
+    """
+    run_dir, ckpt = _resolve_run(run_or_checkpoint)
+    if checkpoint is not None:
+        ckpt = Path(checkpoint)
+    cfg = _load_run_config(run_dir)
+    normalizer = _load_normalizer(run_dir, cfg)
+    ckpt = ckpt if ckpt is not None else find_checkpoint(run_dir)
+    state = load_state_dict(ckpt)
+    model = build_model(cfg, n_features=len(normalizer.feature_names))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise RunError(
+            f"{ckpt}: its weights do not fit the model that {run_dir / contract.CONFIG_FILE} describes: "
+            + " ".join(lines[1:4] or lines[:1])
+        ) from None
+    size = batch_size if batch_size is not None else cfg.trainer.eval_batch_size
+    return Predictor(cfg, model, normalizer, checkpoint=ckpt, run_dir=run_dir, batch_size=size, device=device)
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aline.predict",
+        description=(
+            "Predict with a trained ALINE run: for each window (one subject-day of 24 hourly rows) the "
+            "next-day migraine probability and the k hours the policy would ask about."
+        ),
+        epilog=(
+            "The input CSV needs the window id, hour and feature columns named in the run's config.yaml "
+            "(empty cells = missing values are allowed); other columns are ignored. Exit codes: 0 success, "
+            "2 invalid run folder, checkpoint or input, 1 any other failure."
+        ),
+    )
+    parser.add_argument(
+        "run", metavar="RUN", help="run folder (uses its best checkpoint) or a checkpoint .pt file"
+    )
+    parser.add_argument("input", metavar="INPUT.csv", help="hourly rows, one per window and hour 0..23")
+    parser.add_argument(
+        "--out",
+        metavar="OUT.csv",
+        default="-",
+        help="write one row per window: window_id, p_next, topk_hours (space-separated); default: stdout",
+    )
+    parser.add_argument(
+        "--hourly-out",
+        metavar="FILE.csv",
+        help="also write one row per window and hour: window_id, hour, p, score, mu_<latent>, sigma_<latent>",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="use this checkpoint instead of the run's best (e.g. .../last.pt)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="windows per forward pass (default: the run's trainer.eval_batch_size)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.batch_size is not None and args.batch_size < 1:
+            raise RunError(f"--batch-size must be >= 1, got {args.batch_size}")
+        predictor = load(args.run, checkpoint=args.checkpoint, batch_size=args.batch_size)
+        prediction = predictor.predict(args.input)
+        frame = prediction.to_frame()
+        if args.out == "-":
+            frame.to_csv(sys.stdout, index=False)
+        else:
+            frame.to_csv(args.out, index=False)
+        if args.hourly_out:
+            prediction.hourly_frame().to_csv(args.hourly_out, index=False)
+    except (RunError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.out != "-":
+        print(f"wrote {len(prediction)} windows to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
