@@ -427,3 +427,35 @@ def test_load_splits(tmp_path: Path) -> None:
     assert "synthetic_migraine_test.csv" in str(info.value) and "synthetic_migraine_train.csv" in str(
         info.value
     )
+
+
+def test_never_observed_feature_gets_mean_0_std_1(tmp_path: Path) -> None:
+    t = make_truth(n=2)
+    t["features"][:, :, 5] = np.nan
+    raw = read_split(write(to_frame(t), tmp_path / "a.csv"), COLS)
+    norm = Normalizer.fit(raw)
+    assert norm.mean[5] == 0.0 and norm.std[5] == 1.0
+    x, mask = norm.transform(raw.features)
+    assert (x[:, :, 5] == 0).all() and (mask[:, :, 5] == 0).all()
+
+
+def test_pyarrow_written_file_with_quoted_header(tmp_path: Path) -> None:
+    # pyarrow's CSV writer (a fast choice for the simulator) quotes every header name.
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    t = make_truth(n=3)
+    path = tmp_path / "arrow.csv"
+    pacsv.write_csv(pa.Table.from_pandas(to_frame(t), preserve_index=False), path)
+    assert path.read_text().startswith('"window_id"')
+    raw = read_split(path, COLS)
+    np.testing.assert_array_equal(raw.features, sorted_truth(t)["features"])
+    np.testing.assert_array_equal(raw.y, sorted_truth(t)["y"])
+
+
+def test_non_utf8_bytes_give_a_data_error(tmp_path: Path) -> None:
+    path = write(to_frame(make_truth(n=2)), tmp_path / "bad.csv")
+    data = path.read_bytes().replace(b"\n", b"\n\xff\xfe", 1)
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=r"bad\.csv: line 2: not UTF-8"):
+        read_split(path, COLS)
