@@ -93,7 +93,9 @@ def gumbel_topk(scores: Tensor, k: int, samples: int, generator: torch.Generator
     _check_k(scores, k)
     shape = (samples, *scores.shape)  # [S, B, T]
     tiny = torch.finfo(scores.dtype).tiny
-    u = torch.rand(shape, generator=generator, device=scores.device, dtype=scores.dtype)
+    # Draw on the generator's device, so one CPU generator also serves scores on a GPU.
+    device = scores.device if generator is None else generator.device
+    u = torch.rand(shape, generator=generator, device=device, dtype=scores.dtype).to(scores.device)
     gumbel = -torch.log(-torch.log(u.clamp_min(tiny)))
     return (scores.detach() + gumbel).topk(k, dim=-1, sorted=True).indices
 
