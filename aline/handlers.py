@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, TerminateOnNan
 
 from aline.config import Config, EarlyStopConfig, SchedConfig
 from aline.contract import (
+    CALIBRATION_FILE,
     CALIBRATION_HEADER,
     CHECKPOINT_DIR,
     HIGHER_IS_BETTER,
@@ -54,6 +56,7 @@ from aline.contract import (
     LAST_CHECKPOINT,
     LOG_FILE,
     METRIC_COLUMNS,
+    METRICS_FILE,
     METRICS_HEADER,
     SPLIT_TRAIN,
     SPLIT_VAL,
@@ -61,6 +64,8 @@ from aline.contract import (
     STATE_FINISHED,
     STATE_RUNNING,
     STATE_STOPPED,
+    STATUS_FILE,
+    TOPK_FILE,
     TOPK_HEADER,
     TRAIN_METRICS,
     VAL_METRICS,
@@ -375,7 +380,12 @@ def _nonfinite_output(output: Any) -> bool:
     return False
 
 
-def attach_status(trainer: Engine, status: RunStatus, last_checkpoint: LastCheckpoint | None = None) -> None:
+def attach_status(
+    trainer: Engine,
+    status: RunStatus,
+    last_checkpoint: LastCheckpoint | None = None,
+    cleanup: Sequence[Callable[[], Any]] = (),
+) -> None:
     """Keep ``status.json`` in step with the trainer.
 
     running at STARTED, progress each epoch, finished at COMPLETED — or failed when the run was ended by
@@ -383,9 +393,17 @@ def attach_status(trainer: Engine, status: RunStatus, last_checkpoint: LastCheck
     (when given) so the run can be resumed, record stopped (KeyboardInterrupt, incl. SIGTERM via
     :func:`install_sigterm_handler`) or failed (anything else) and re-raise. Ignite swallows an exception
     that an EXCEPTION_RAISED handler does not re-raise, so this one always re-raises; it is also the place
-    that writes ``last.pt`` on failure, because handlers after a re-raising one never run.
+    that writes ``last.pt`` on failure, because handlers after a re-raising one never run. ``cleanup``
+    callables (closing files, the W&B run) run at the very end, on success and on failure alike.
     """
     handled: set[int] = set()
+
+    def run_cleanup() -> None:
+        for fn in cleanup:
+            try:
+                fn()
+            except Exception as err:  # one failing close must not hide the others or the run's own error
+                logging.getLogger(LOGGER_NAME).error("cleanup %r failed: %s", fn, err)
 
     def started(engine: Engine) -> None:
         status.running(engine.state.epoch, engine.state.iteration, engine.state.max_epochs)
@@ -409,6 +427,7 @@ def attach_status(trainer: Engine, status: RunStatus, last_checkpoint: LastCheck
             )
         else:
             status.finished(engine.state.epoch, engine.state.iteration)
+        run_cleanup()
 
     def exception(engine: Engine, err: BaseException) -> None:
         # Ignite fires EXCEPTION_RAISED twice for an error inside an iteration (inner and outer loop).
@@ -426,6 +445,7 @@ def attach_status(trainer: Engine, status: RunStatus, last_checkpoint: LastCheck
                 status.stopped(str(err) or "interrupted (KeyboardInterrupt)", epoch, iteration)
             else:
                 status.failed(f"{type(err).__name__}: {err}", epoch, iteration)
+            run_cleanup()
         raise err
 
     trainer.add_event_handler(Events.STARTED, started)
@@ -941,7 +961,127 @@ def attach_wandb(
     return wb
 
 
+# --- everything, in the right order -----------------------------------------------------------------------
+
+
+@dataclass
+class RunHandlers:
+    """What :func:`attach_all` attached; ``to_save`` is exactly what ``last.pt`` holds."""
+
+    logger: logging.Logger
+    status: RunStatus
+    metrics_csv: MetricsCSV
+    calibration_csv: CalibrationCSV
+    topk_csv: TopkCSV
+    lr_schedule: LRSchedule
+    early_stopping: EarlyStopping | None
+    best_checkpoint: Checkpoint
+    last_checkpoint: LastCheckpoint
+    to_save: dict[str, Any]
+    wandb: Any = None
+    resumed_from: Path | None = None
+
+
+def attach_all(
+    cfg: Config,
+    run_dir: str | os.PathLike[str],
+    *,
+    trainer: Engine,
+    evaluator: Engine,
+    val_loader: Iterable[Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch_length: int,
+    oracle: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    plateau_metric: str = "loss",
+) -> RunHandlers:
+    """Attach validation and every handler of this module in the order they need; resume when asked.
+
+    Call on every rank, after the trainer's and the evaluator's metrics are attached and before
+    ``trainer.run``. With ``resume``, ``run_dir/checkpoints/last.pt`` is loaded into the model, optimiser,
+    trainer and handlers (``early_stopping`` may be absent from it: then it starts afresh).
+    """
+    run_dir = Path(run_dir)
+    logger = setup_logging(run_dir)
+    status = RunStatus(run_dir / STATUS_FILE, oracle)
+    metrics_csv = MetricsCSV(run_dir / METRICS_FILE)
+    calibration_csv = CalibrationCSV(run_dir / CALIBRATION_FILE)
+    topk_csv = TopkCSV(run_dir / TOPK_FILE)
+
+    attach_terminate_on_nan(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
+    attach_metrics_csv(trainer, evaluator, metrics_csv, cfg.trainer.log_every)
+    attach_validation_tables(trainer, evaluator, calibration_csv, topk_csv)
+    schedule = build_lr_scheduler(
+        trainer,
+        evaluator,
+        optimizer,
+        cfg.sched,
+        cfg.optim.lr,
+        epoch_length,
+        cfg.trainer.epochs,
+        metric=plateau_metric,
+    )
+    early = attach_early_stopping(trainer, evaluator, cfg.early_stop)
+    best = attach_best_checkpoint(
+        trainer, evaluator, run_dir, model, cfg.checkpoint.metric, cfg.checkpoint.n_saved, status
+    )
+    attach_epoch_summary(trainer, evaluator, logger)
+    to_save: dict[str, Any] = {
+        "model": model,
+        "optimizer": optimizer,
+        "lr_scheduler": schedule,
+        "trainer": trainer,
+        "best_checkpoint": best,
+        "rng": RNGState(),
+    }
+    if early is not None:
+        to_save["early_stopping"] = early
+    last = LastCheckpoint(last_checkpoint_path(run_dir), to_save)
+    attach_last_checkpoint(trainer, last)  # after validation: last.pt holds this epoch's decisions
+    wb = attach_wandb(trainer, evaluator, cfg, run_dir)
+    cleanup: list[Callable[[], Any]] = [metrics_csv.close, calibration_csv.close, topk_csv.close]
+    if wb is not None:
+        cleanup.append(wb.close)
+    attach_status(trainer, status, last, cleanup)
+    if cfg.logging.progress and _is_writer():
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=False).attach(trainer, metric_names=["loss"])
+
+    resumed_from = None
+    if resume:
+        resumed_from = last_checkpoint_path(run_dir)
+        to_load = dict(to_save)
+        if early is not None:
+            saved_keys = torch.load(resumed_from, map_location="cpu", weights_only=True).keys()
+            if "early_stopping" not in saved_keys:
+                logger.warning("%s has no early-stopping state: early stopping starts afresh", resumed_from)
+                del to_load["early_stopping"]
+        resume_from(resumed_from, to_load)
+        logger.info(
+            "resumed %s at epoch %d, iteration %d", run_dir, trainer.state.epoch, trainer.state.iteration
+        )
+    return RunHandlers(
+        logger,
+        status,
+        metrics_csv,
+        calibration_csv,
+        topk_csv,
+        schedule,
+        early,
+        best,
+        last,
+        to_save,
+        wb,
+        resumed_from,
+    )
+
+
 __all__ = [
+    "RunHandlers",
+    "attach_all",
     "AppendCSV",
     "CalibrationCSV",
     "LRSchedule",

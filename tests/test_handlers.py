@@ -790,3 +790,103 @@ def test_wandb_logs_scalars_through_ignite_logger(monkeypatch, tmp_path):
         (4, {"train/loss": 4.0, "train/lr": 0.1}),
         (4, {"val/loss": 0.3, "val/auc": 0.7, "epoch": 1}),
     ]
+
+
+# --- attach_all -------------------------------------------------------------------------------------------
+
+
+def _all_run(run_dir, epochs, resume=False):
+    cfg = Config.model_validate(
+        {
+            "trainer": {"epochs": epochs, "log_every": 2},
+            "logging": {"progress": False},
+            "checkpoint": {"metric": "auc", "n_saved": 1},
+            "early_stop": {"patience": 5},
+        }
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    data = [torch.randn(4, 2) for _ in range(3)]
+
+    def step(engine, x):
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    trainer = Engine(step)
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def running(engine):
+        engine.state.metrics = {"loss": engine.state.output["loss"], "lr": opt.param_groups[0]["lr"]}
+
+    rng = np.random.default_rng(0)
+    p, y = rng.uniform(size=50), rng.integers(0, 2, size=50)
+    evaluator = Engine(lambda e, b: None)
+
+    @evaluator.on(Events.COMPLETED)
+    def metrics(engine):
+        auc = 0.6 + 0.01 * trainer.state.epoch
+        engine.state.metrics = {
+            "loss": 1.0,
+            "auc": auc,
+            "calibration": calibration_table(p, y),
+            "topk_frequency": np.full(24, 0.125),
+        }
+
+    attached = H.attach_all(
+        cfg,
+        run_dir,
+        trainer=trainer,
+        evaluator=evaluator,
+        val_loader=[0],
+        model=model,
+        optimizer=opt,
+        epoch_length=len(data),
+        oracle={"auc": 0.8},
+        resume=resume,
+    )
+    trainer.run(data, max_epochs=epochs)
+    H.setup_logging(None, stream=io.StringIO())  # release train.log
+    return attached, model
+
+
+def test_attach_all_writes_the_run_folder_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    first, _ = _all_run(run, epochs=2)
+    names = {p.name for p in run.iterdir()}
+    assert {
+        "status.json",
+        "metrics.csv",
+        "calibration.csv",
+        "topk_hours.csv",
+        "train.log",
+        "checkpoints",
+    } <= names
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best_epoch=2_auc=0.6200.pt", "last.pt"}
+    st = status_of(run)
+    assert st["state"] == "finished" and st["epoch"] == 2 and st["oracle"] == {"auc": 0.8}
+    assert st["best"]["checkpoint"] == "checkpoints/best_epoch=2_auc=0.6200.pt"
+    assert set(torch.load(run / "checkpoints" / "last.pt", weights_only=True)) == {
+        "model",
+        "optimizer",
+        "lr_scheduler",
+        "trainer",
+        "best_checkpoint",
+        "rng",
+        "early_stopping",
+    }
+
+    # Extend the finished run by one epoch from last.pt.
+    second, model = _all_run(run, epochs=3, resume=True)
+    assert second.resumed_from == run / "checkpoints" / "last.pt"
+    st2 = status_of(run)
+    assert st2["state"] == "finished" and st2["epoch"] == 3 and st2["started"] == st["started"]
+    df = pd.read_csv(run / "metrics.csv")
+    assert df[df.split == "val"].epoch.tolist() == [1, 2, 3]
+    assert df[df.split == "train"].iteration.tolist() == [2, 3, 4, 6, 8, 9]
+    assert pd.read_csv(run / "topk_hours.csv").epoch.value_counts().to_dict() == {1: 24, 2: 24, 3: 24}
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best_epoch=3_auc=0.6300.pt", "last.pt"}
+    assert "resumed" in (run / "train.log").read_text()
