@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aline.contract import HOURS
+
 if TYPE_CHECKING:
     from aline.config import Config
 
@@ -66,7 +68,7 @@ class AlineModel(nn.Module):
         layers: int = 2,
         ff_dim: int = 128,
         dropout: float = 0.0,
-        hours: int = 24,
+        hours: int = HOURS,
         detach_prediction: bool = True,
         detach_policy: bool = True,
     ) -> None:

@@ -104,8 +104,10 @@ def test_fast_inference_path_agrees_with_the_training_path() -> None:
     x, mask = _inputs(b=32)
     slow = model(x, mask)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.profiler.profile() as prof:
         fast = model(x, mask)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_transformer_encoder_layer_fwd" in ops, "the fused encoder fast path was not taken"
     torch.testing.assert_close(fast.mu_z, slow.mu_z.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.sigma_z, slow.sigma_z.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.scores, slow.scores.detach(), rtol=1e-4, atol=1e-5)
