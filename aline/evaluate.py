@@ -113,40 +113,51 @@ def policy_shares(
 # --- logistic-regression baseline ----------------------------------------------------------------------
 
 
+LOGREG_C = 0.05  # L2 strength of the simulator's reference baseline, so the two figures compare
+
+
 @dataclass(frozen=True)
 class _Design:
-    """Flattened-window design fitted on train: per (hour, feature) mean and std for imputation/scaling."""
+    """Flattened-window design fitted on train: per (hour, feature) column, the mean and std of the
+    observed values (values), and of the observed-indicator (masks)."""
 
     mean: np.ndarray  # [24*F]
     std: np.ndarray  # [24*F]
+    mask_mean: np.ndarray  # [24*F]
+    mask_std: np.ndarray  # [24*F]
+
+
+def _flatten(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = features.reshape(features.shape[0], -1).astype(np.float64)  # [N, 24*F]
+    return flat, (~np.isnan(flat)).astype(np.float64)
 
 
 def logreg_design(train_features: np.ndarray) -> _Design:
-    flat = train_features.reshape(train_features.shape[0], -1).astype(np.float64)  # [N, 24*F]
-    seen = ~np.isnan(flat)
+    flat, seen = _flatten(train_features)
     count = seen.sum(axis=0)
-    mean = np.where(seen, flat, 0.0).sum(axis=0) / np.maximum(count, 1)
-    # Std of the imputed column (what the model sees), so standardised columns have unit variance.
-    filled = np.where(seen, flat, mean)
-    std = filled.std(axis=0)
-    return _Design(mean=mean, std=np.where(std > 0, std, 1.0))
+    mean = np.where(seen > 0, flat, 0.0).sum(axis=0) / np.maximum(count, 1)
+    var = np.where(seen > 0, (flat - mean) ** 2, 0.0).sum(axis=0) / np.maximum(count, 1)
+    std, mask_std = np.sqrt(var), seen.std(axis=0)
+    # A constant column (or an always-observed feature's mask) carries nothing; std 1 keeps it at 0.
+    std, mask_std = np.where(std > 0, std, 1.0), np.where(mask_std > 0, mask_std, 1.0)
+    return _Design(mean, std, seen.mean(axis=0), mask_std)
 
 
 def _design_matrix(design: _Design, features: np.ndarray) -> np.ndarray:
-    flat = features.reshape(features.shape[0], -1).astype(np.float64)  # [N, 24*F]
-    seen = ~np.isnan(flat)
-    x = (np.where(seen, flat, design.mean) - design.mean) / design.std
-    return np.concatenate([x, seen.astype(np.float64)], axis=1)  # [N, 2*24*F]: values + missing masks
+    flat, seen = _flatten(features)
+    # Standardise, then a missing value becomes 0: mean imputation in standardised units.
+    x = np.where(seen > 0, (flat - design.mean) / design.std, 0.0)
+    m = (seen - design.mask_mean) / design.mask_std
+    return np.concatenate([x, m], axis=1)  # [N, 2*24*F]: values + missing masks
 
 
-def fit_logreg(train: RawSplit) -> tuple[_Design, Any]:
-    """L2 logistic regression (C = 1) on train's flattened windows: standardised, mean-imputed values
-    plus the missing masks."""
+def fit_logreg(train: RawSplit, c: float = LOGREG_C) -> tuple[_Design, Any]:
+    """L2 logistic regression on train's flattened windows: standardised, mean-imputed values plus the
+    standardised missing masks (the simulator's reference baseline, same ``C``)."""
     from sklearn.linear_model import LogisticRegression
 
     design = logreg_design(train.features)
-    # A tight tolerance: lbfgs's default stops while hundreds of weakly informative columns still move.
-    model = LogisticRegression(C=1.0, tol=1e-8, max_iter=10000)
+    model = LogisticRegression(C=c, tol=1e-8, max_iter=10000)
     model.fit(_design_matrix(design, train.features), train.y.astype(np.int64))
     return design, model
 
@@ -261,7 +272,7 @@ def evaluate(
 
     fitted = fit_logreg(train)
     p_logreg = predict_logreg(fitted, raw.features)
-    report["logreg"] = scoring.binary_scores(p_logreg, y)
+    report["logreg"] = {**scoring.binary_scores(p_logreg, y), "C": LOGREG_C}
 
     uncertainty_hours = np.sort(np.argsort(-pred.uncertainty, axis=1, kind="stable")[:, :k], axis=1)  # [N, k]
     policy: dict[str, Any] = dict.fromkeys(POLICY_NAMES)

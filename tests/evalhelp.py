@@ -70,9 +70,13 @@ def make_data(data_dir: Path, sizes: tuple[int, int, int] = (120, 60, 60), seed:
     return data_dir
 
 
-def make_run(tmp_path: Path, overrides: tuple[str, ...] = (), seed: int = 0) -> Path:
-    """A run folder like the trainer writes, with an untrained (seeded) model as its best checkpoint."""
-    data_dir = make_data(tmp_path / "data", seed=seed)
+def make_run(
+    tmp_path: Path, overrides: tuple[str, ...] = (), seed: int = 0, data_dir: Path | None = None
+) -> Path:
+    """A run folder like the trainer writes, with an untrained (seeded) model as its best checkpoint;
+    on ``data_dir`` when given, else on fresh :func:`make_data` windows."""
+    if data_dir is None:
+        data_dir = make_data(tmp_path / "data", seed=seed)
     cfg: Config = load_config(
         None,
         [

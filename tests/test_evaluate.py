@@ -13,10 +13,8 @@ import pandas as pd
 import pytest
 import torch
 from evalhelp import make_run
-from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from aline import contract, evaluate
@@ -202,19 +200,21 @@ def test_logreg_matches_an_sklearn_pipeline(evaluated: tuple[Path, evaluate.Eval
     train = read_split(cfg.data.split_path("train"), cfg.data.columns)
     val = read_split(cfg.data.split_path("val"), cfg.data.columns)
 
-    def design(raw):  # values then "observed" indicators, as the baseline documents
+    def design(raw):  # [N, 24*F] values (NaN where missing) and "observed" indicators
         flat = raw.features.reshape(len(raw), -1).astype(float)
         return flat, (~np.isnan(flat)).astype(float)
 
     values, seen = design(train)
-    prep = make_pipeline(SimpleImputer(strategy="mean"), StandardScaler()).fit(values)
-    clf = LogisticRegression(C=1.0, max_iter=5000, tol=1e-10).fit(
-        np.hstack([prep.transform(values), seen]), train.y
-    )
-    v_values, v_seen = design(val)
-    expected = clf.predict_proba(np.hstack([prep.transform(v_values), v_seen]))[:, 1]
+    mu, sd = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+    masks = StandardScaler().fit(seen)
+
+    def prep(values, seen):
+        return np.hstack([np.nan_to_num((values - mu) / sd, nan=0.0), masks.transform(seen)])
+
+    clf = LogisticRegression(C=0.05, tol=1e-10, max_iter=10000).fit(prep(values, seen), train.y)
+    expected = clf.predict_proba(prep(*design(val)))[:, 1]
     got = pd.read_csv(result.predictions_path)["p_logreg"].to_numpy()
-    np.testing.assert_allclose(got, expected, atol=2e-3)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_summary_table_names_every_figure(evaluated: tuple[Path, evaluate.EvalResult]) -> None:
@@ -300,3 +300,44 @@ def test_cli_writes_the_split_and_prints_summary(tmp_path: Path, capsys: pytest.
     assert report["split"] == "test" and report["n_windows"] == 60
     assert "policy" in out and f"{report['brier']:.4f}" in out
     assert not (run / contract.EVAL_DIR / "test_roc.html").exists()
+
+
+# --- on the simulator's data: its meta file is an independent implementation of the references ---------
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, evaluate.EvalResult]:
+    from aline.simulate import simulate
+
+    root = tmp_path_factory.mktemp("sim")
+    meta = simulate(subjects=30, days=10, seed=1, out_dir=root / "data", progress=False)
+    run = make_run(root, data_dir=root / "data")
+    return meta, evaluate.evaluate(run, "val", figures=False)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's nanmean of never-observed hours
+def test_oracle_policy_is_one_and_random_below_on_simulated_data(
+    simulated: tuple[dict, evaluate.EvalResult],
+) -> None:
+    _, result = simulated
+    policy = result.report["policy"]
+    assert policy["oracle"] == pytest.approx(1.0, abs=1e-12)
+    assert 0.0 < policy["random"] < policy["oracle"]
+    assert max(v for k, v in policy.items() if k != "oracle") < 1.0
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_references_agree_with_the_simulators_meta(simulated: tuple[dict, evaluate.EvalResult]) -> None:
+    meta, result = simulated
+    ref, report = meta["splits"]["val"], result.report
+    assert report["n_windows"] == ref["n_windows"]
+    for key in ("auc", "brier", "ece", "pr_auc"):
+        assert report["oracle"][key] == pytest.approx(ref["oracle"][key], abs=1e-6)
+        assert report["latent_oracle"][key] == pytest.approx(ref["latent_oracle"][key], abs=1e-6)
+    assert report["oracle"]["post_mse_floor"] == pytest.approx(ref["post_var_floor"], rel=1e-5)
+    assert report["policy"]["best_fixed"] == pytest.approx(ref["best_fixed_share"], rel=1e-5)
+    assert report["policy_detail"]["best_fixed_hours"] == meta["baselines"]["best_fixed_hours"]
+    # Same recipe as the simulator's baseline, written separately; only lbfgs tolerances differ.
+    theirs = meta["baselines"]["logreg"]["splits"]["val"]
+    for key in ("auc", "brier"):
+        assert report["logreg"][key] == pytest.approx(theirs[key], abs=2e-3)
