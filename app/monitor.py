@@ -22,13 +22,20 @@ ROOT: Path = runs_root_from(sys.argv[1:], os.environ)
 with st.sidebar:
     st.header("Live")
     st.caption(f"Runs folder: `{ROOT}`")
-    interval = st.number_input("Refresh every (seconds)", min_value=0.5, max_value=120.0, value=2.0, step=0.5)
-    paused = st.toggle("Pause live updates", value=False)
+    interval = st.number_input(
+        "Refresh every (seconds)", min_value=0.5, max_value=120.0, value=2.0, step=0.5, key="interval"
+    )
+    paused = st.toggle("Pause live updates", value=False, key="pause")
     st.header("Loss curves")
-    x_axis = st.radio("x axis", ["iteration", "epoch"], horizontal=True)
-    log_y = st.toggle("Log scale (y)", value=False)
+    x_axis = st.radio("x axis", ["iteration", "epoch"], horizontal=True, key="x_axis")
+    log_y = st.toggle("Log scale (y)", value=False, key="log_y")
     smoothing = st.slider(
-        "Smoothing (debiased EMA weight)", min_value=0.0, max_value=0.99, value=0.6, step=0.01
+        "Smoothing (debiased EMA weight)",
+        min_value=0.0,
+        max_value=0.99,
+        value=0.6,
+        step=0.01,
+        key="smoothing",
     )
 
 st.title("ALINE training monitor")

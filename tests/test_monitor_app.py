@@ -66,7 +66,7 @@ def test_loss_chart_holds_the_file_numbers(one_run, monkeypatch) -> None:
     root, fx = one_run
     at = start(root, monkeypatch)
     fig = figures(at)["loss"]
-    weight = at.slider[0].value
+    weight = at.slider(key="smoothing").value
     for split, rows in ((C.SPLIT_TRAIN, fx.train), (C.SPLIT_VAL, fx.val)):
         for column in C.LOSS_COLUMNS:
             (raw,) = traces(fig, run=RUN_A, split=split, column=column, kind="raw")
@@ -79,9 +79,9 @@ def test_loss_chart_holds_the_file_numbers(one_run, monkeypatch) -> None:
 def test_loss_chart_controls(one_run, monkeypatch) -> None:
     root, fx = one_run
     at = start(root, monkeypatch)
-    at.radio[0].set_value("epoch")
-    at.toggle[1].set_value(True)  # log y
-    at.slider[0].set_value(0.0)
+    at.radio(key="x_axis").set_value("epoch")
+    at.toggle(key="log_y").set_value(True)
+    at.slider(key="smoothing").set_value(0.0)
     at.run()
     fig = figures(at)["loss"]
     assert fig["layout"]["yaxis"]["type"] == "log"
@@ -280,3 +280,40 @@ def test_page_does_not_import_torch(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_choices_survive_new_epochs_and_new_runs(one_run, monkeypatch) -> None:
+    from monitor_fixtures import calibration_rows
+
+    root, fx = one_run
+    at = start(root, monkeypatch)
+    at.selectbox(key="detail_epoch").set_value(2).run()
+    rng = np.random.default_rng(3)
+    append_lines(
+        root / RUN_A / C.CALIBRATION_FILE,
+        [csv_line(C.CALIBRATION_HEADER, r) for r in calibration_rows(rng, 4)],
+    )
+    write_run(root, "20261125-230000-newer", seed=8)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="detail_epoch").value == 2
+    assert at.selectbox(key="detail_epoch").options[0] == "latest (4)"
+    assert at.multiselect(key="selected_runs").value == [RUN_A]
+    assert at.multiselect(key="selected_runs").options == ["20261125-230000-newer", RUN_A]
+
+
+def test_pause_and_interval_controls(one_run, monkeypatch) -> None:
+    root, _ = one_run
+    at = start(root, monkeypatch)
+    at.toggle(key="pause").set_value(True).run()
+    at.number_input(key="interval").set_value(10.0).run()
+    assert not at.exception
+    assert figures(at)["loss"]
+
+
+def test_streamlit_config_binds_to_localhost() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    cfg = tomllib.loads((Path(APP).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "127.0.0.1"
+    assert cfg["server"]["headless"] is True
+    assert cfg["browser"]["gatherUsageStats"] is False

@@ -151,6 +151,21 @@ def test_loss_chart_updates_live_without_reload(server, tmp_path: Path) -> None:
             assert page.evaluate("window.__sameDocument") == "yes"  # updated in place, not reloaded
             assert page.locator('[data-testid="stException"]').count() == 0
             assert "Traceback" not in page.inner_text("body")
+
+            # Pausing stops the updates while the writer keeps going.
+            page.get_by_text("Pause live updates").click()
+            # Wait out the full rerun that the toggle triggers: the count must hold still for 2.5 s.
+            frozen, deadline = -1, time.monotonic() + 30
+            while time.monotonic() < deadline:
+                before = len(page.evaluate(TRAIN_LOSS_JS)["x"])
+                page.wait_for_timeout(2500)
+                frozen = len(page.evaluate(TRAIN_LOSS_JS)["x"])
+                if frozen == before:
+                    break
+            rows_then = writer.iteration
+            page.wait_for_timeout(5000)  # more than two refresh intervals
+            assert writer.iteration > rows_then + 5
+            assert len(page.evaluate(TRAIN_LOSS_JS)["x"]) == frozen
         finally:
             writer.stop.set()
             writer.join(timeout=5)
