@@ -262,6 +262,7 @@ def test_runs_dir_from_command_line(tmp_path, monkeypatch) -> None:
     assert list(at.dataframe[0].value["run"]) == [RUN_A]
 
 
+@pytest.mark.slow
 def test_page_does_not_import_torch(tmp_path) -> None:
     # Start-up time matters for a page opened often; torch alone costs seconds.
     root = tmp_path / "runs"
