@@ -18,6 +18,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from sklearn.preprocessing import StandardScaler
 
 from aline import contract, evaluate
+from aline import predict as predict_mod
 from aline.config import load_config
 from aline.data import Normalizer, WindowDataset, read_split
 from aline.model import build_model
@@ -341,3 +342,43 @@ def test_references_agree_with_the_simulators_meta(simulated: tuple[dict, evalua
     theirs = meta["baselines"]["logreg"]["splits"]["val"]
     for key in ("auc", "brier"):
         assert report["logreg"][key] == pytest.approx(theirs[key], abs=2e-3)
+
+
+# --- end to end on a tiny trained run -----------------------------------------------------------------
+
+
+@pytest.mark.slow  # trains for one epoch
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_trained_run_evaluates_to_the_trainers_own_validation_figures(tmp_path: Path) -> None:
+    from aline.simulate import simulate
+    from aline.train import train
+
+    simulate(subjects=20, days=8, seed=2, out_dir=tmp_path / "data", progress=False)
+    cfg = load_config(
+        None,
+        [
+            f"data.dir={tmp_path / 'data'}",
+            f"run.dir={tmp_path / 'runs'}",
+            "trainer.epochs=1",
+            "trainer.batch_size=32",
+            "model.d_model=16",
+            "model.heads=2",
+            "model.layers=1",
+            "model.ff_dim=32",
+            "logging.progress=false",
+        ],
+    )
+    run = train(cfg, announce=lambda _msg: None).run_dir
+    report = evaluate.evaluate(run, "val").report
+    metrics = pd.read_csv(run / contract.METRICS_FILE)
+    status = json.loads((run / contract.STATUS_FILE).read_text())
+    row = metrics[(metrics["split"] == "val") & (metrics["epoch"] == status["best"]["epoch"])].iloc[-1]
+    for key in ("auc", "pr_auc", "brier", "ece", "post_mse", "sigma_mae"):
+        assert report[key] == pytest.approx(row[key], abs=1e-6), key
+    assert report["policy"]["trained"] == pytest.approx(row["policy_value"], abs=1e-6)
+    assert report["checkpoint"] == status["best"]["checkpoint"]
+
+    # predict on the same CSV gives the evaluator's probabilities, bit for bit
+    written = pd.read_csv(run / contract.EVAL_DIR / "val_predictions.csv")
+    served = predict_mod.load(run).predict(cfg.data.split_path("val")).to_frame()
+    np.testing.assert_array_equal(served["p_next"].to_numpy(), written["p"].to_numpy())
