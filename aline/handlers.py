@@ -396,7 +396,7 @@ def attach_status(
     that writes ``last.pt`` on failure, because handlers after a re-raising one never run. ``cleanup``
     callables (closing files, the W&B run) run at the very end, on success and on failure alike.
     """
-    handled: set[int] = set()
+    handled: list[BaseException] = []  # the exception already recorded (held, so its identity is stable)
 
     def run_cleanup() -> None:
         for fn in cleanup:
@@ -431,8 +431,8 @@ def attach_status(
 
     def exception(engine: Engine, err: BaseException) -> None:
         # Ignite fires EXCEPTION_RAISED twice for an error inside an iteration (inner and outer loop).
-        if id(err) not in handled:
-            handled.add(id(err))
+        if not (handled and handled[0] is err):
+            handled[:] = [err]
             if last_checkpoint is not None:
                 try:
                     last_checkpoint.save()

@@ -33,6 +33,18 @@ from aline.scoring import calibration_table
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _restore_aline_logger():
+    """setup_logging() reconfigures the process-wide 'aline' logger; give other test files a clean one."""
+    yield
+    logger = logging.getLogger("aline")
+    for handler in [h for h in logger.handlers if getattr(h, "_aline", False)]:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
 def fake_evaluator(values: list[dict]) -> Engine:
     """An evaluator whose n-th run 'computes' values[n] as its metrics (like ignite Metrics at COMPLETED)."""
     ev = Engine(lambda e, b: None)
@@ -890,3 +902,23 @@ def test_attach_all_writes_the_run_folder_and_resumes(tmp_path):
     assert pd.read_csv(run / "topk_hours.csv").epoch.value_counts().to_dict() == {1: 24, 2: 24, 3: 24}
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"best_epoch=3_auc=0.6300.pt", "last.pt"}
     assert "resumed" in (run / "train.log").read_text()
+
+
+def _two_rank_run(local_rank, run_dir):
+    import ignite.distributed as idist
+
+    assert idist.get_world_size() == 2
+    _all_run(run_dir, epochs=2)  # every rank builds and attaches the same handlers
+
+
+@pytest.mark.slow
+def test_attach_all_on_two_gloo_processes_writes_once(tmp_path):
+    import ignite.distributed as idist
+
+    with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
+        parallel.run(_two_rank_run, str(tmp_path))
+    df = pd.read_csv(tmp_path / "metrics.csv")
+    assert df[df.split == "val"].epoch.tolist() == [1, 2]  # one row per event, not one per process
+    assert len(pd.read_csv(tmp_path / "calibration.csv")) == 2 * 15
+    assert status_of(tmp_path)["state"] == "finished"
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best_epoch=2_auc=0.6200.pt", "last.pt"}
