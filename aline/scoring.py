@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 ECE_BINS = 15
 
@@ -86,12 +85,20 @@ def _both_classes(y: np.ndarray) -> bool:
 
 def auc(p: np.ndarray, y: np.ndarray) -> float:
     """ROC AUC, NaN (not an exception) when only one class is present."""
-    return float(roc_auc_score(y, p)) if _both_classes(y) else float("nan")
+    if not _both_classes(y):
+        return float("nan")
+    from sklearn.metrics import roc_auc_score  # lazy: the monitor imports this module and starts faster
+
+    return float(roc_auc_score(y, p))
 
 
 def pr_auc(p: np.ndarray, y: np.ndarray) -> float:
     """Average precision (step-wise area under the precision-recall curve)."""
-    return float(average_precision_score(y, p)) if _both_classes(y) else float("nan")
+    if not _both_classes(y):
+        return float("nan")
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, p))
 
 
 def binary_scores(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict[str, float]:
