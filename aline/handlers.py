@@ -1010,8 +1010,9 @@ def attach_all(
     topk_csv = TopkCSV(run_dir / TOPK_FILE)
 
     attach_terminate_on_nan(trainer)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
+    # Before validation, so that an epoch's last train row precedes its val row in time and in the file.
     attach_metrics_csv(trainer, evaluator, metrics_csv, cfg.trainer.log_every)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
     attach_validation_tables(trainer, evaluator, calibration_csv, topk_csv)
     schedule = build_lr_scheduler(
         trainer,
