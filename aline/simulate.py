@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -460,6 +461,8 @@ def logreg_baseline(sim: dict[str, Any], split_rows: dict[str, np.ndarray]) -> d
     """Logistic regression on flattened train windows: standardised, mean-imputed, plus missing masks."""
     from sklearn.linear_model import LogisticRegression
 
+    from aline.scoring import binary_scores
+
     xtr = _flat_features(sim, split_rows["train"])
     seen = ~np.isnan(xtr)
     count = np.maximum(seen.sum(0), 1)  # a diary hour may never be logged in a small train split
@@ -472,11 +475,10 @@ def logreg_baseline(sim: dict[str, Any], split_rows: dict[str, np.ndarray]) -> d
         return np.where(np.isnan(z), 0.0, z)
 
     C = 0.05
-    model = LogisticRegression(C=C, max_iter=500)
+    # tol 1e-3: 25 lbfgs steps instead of 73, validation AUC within 0.002 of the converged fit.
+    model = LogisticRegression(C=C, tol=1e-3, max_iter=500)
     model.fit(prep(xtr), sim["y_next"][split_rows["train"]])
-    from aline.scoring import binary_scores
-
-    out: dict[str, Any] = {"C": C, "n_inputs": int(xtr.shape[1]), "splits": {}}
+    out: dict[str, Any] = {"C": C, "tol": 1e-3, "n_inputs": int(xtr.shape[1]), "splits": {}}
     for split, rows in split_rows.items():
         p = model.predict_proba(prep(_flat_features(sim, rows)))[:, 1]
         out["splits"][split] = binary_scores(p, sim["y_next"][rows])
@@ -581,11 +583,8 @@ class _Progress:
     def __call__(self, stage: str) -> None:
         if self.enabled:
             dt = time.perf_counter() - self.t0
-            rate = self.rows / dt if dt > 0 else float("inf")
-            print(
-                f"[simulate] {dt:6.2f}s  {stage}  ({self.rows:,} rows, {rate:,.0f} rows/s so far)",
-                file=sys.stderr,
-            )
+            rate = f", {self.rows / dt:,.0f} rows/s so far" if dt > 0.05 else ""
+            print(f"[simulate] {dt:6.2f}s  {stage}  ({self.rows:,} rows{rate})", file=sys.stderr)
 
 
 # --- entry points ------------------------------------------------------------------------------------------
@@ -618,6 +617,13 @@ def split_subjects(subjects: int, val_frac: float, test_frac: float, seed: int) 
     return {k: np.sort(parts[k]) for k in SPLITS}
 
 
+def _import_reference_libraries() -> None:
+    import pyarrow.csv  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+
+    import aline.scoring  # noqa: F401
+
+
 def simulate(
     subjects: int = 300,
     days: int = 60,
@@ -628,11 +634,24 @@ def simulate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Simulate, write the three CSVs and the meta JSON into ``out_dir``; returns the meta."""
-    from aline.scoring import binary_scores  # imports scikit-learn: not needed for --help
+    args = (subjects, days, seed, out_dir, val_frac, test_frac, progress)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on it
+        return _simulate(*args)
+    # The batched 4x4 algebra makes many small BLAS calls: extra BLAS threads only spin, and the CSV
+    # writer threads need the cores.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _simulate(*args)
 
+
+def _simulate(subjects, days, seed, out_dir, val_frac, test_frac, progress) -> dict[str, Any]:
     if subjects < 1 or days < 1:
         raise ValueError(f"--subjects ({subjects}) and --days ({days}) must be at least 1")
     split_ids = split_subjects(subjects, val_frac, test_frac, seed)
+    # scikit-learn (with pandas and scipy) takes about a second to import; do it while numpy simulates.
+    importer = threading.Thread(target=_import_reference_libraries, daemon=True)
+    importer.start()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_rows = subjects * days * T
@@ -642,6 +661,9 @@ def simulate(
     sim = generate(subjects, days, seed, P)
     _round_outputs(sim)
     tick("latent state, measurements, Kalman posterior and labels done")
+
+    importer.join()
+    from aline.scoring import binary_scores
 
     split_rows = {k: np.flatnonzero(np.isin(sim["subject"], ids)) for k, ids in split_ids.items()}
     paths = {k: out / f"{PREFIX}_{k}.csv" for k in SPLITS}
