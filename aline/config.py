@@ -104,6 +104,9 @@ class OptimConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = Field(1.0, gt=0.0)
+    # The prediction head (w, b: five numbers fitted to noisy labels) needs far larger steps than the
+    # encoder; with the shared lr it was still far from calibrated after the encoder had converged.
+    head_lr_mult: float = Field(20.0, gt=0.0)
 
 
 class SchedConfig(_Section):

@@ -787,7 +787,8 @@ class LRSchedule:
     def apply(self, engine: Engine) -> None:
         lr = self.lr_at(engine.state.iteration, engine.state.epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            # A group may ask for a fixed multiple of the schedule (the prediction head does).
+            group["lr"] = lr * group.get("lr_mult", 1.0)
 
     def on_validation(self, engine: Engine) -> None:
         value = _number(engine.state.metrics.get(self.metric))

@@ -121,6 +121,10 @@ class AlineModel(nn.Module):
         logits = mu_pred @ self.w + self.b  # [B, T]
         return AlineOutput(mu_z=mu_z, sigma_z=sigma_z, scores=scores, logits=logits)
 
+    def prediction_head_parameters(self) -> list[nn.Parameter]:
+        """``w`` and ``b``: the only parameters the labels train under the default stop-gradient."""
+        return [self.w, self.b]
+
     @torch.no_grad()
     def init_prediction_bias(self, base_rate: float) -> None:
         """Start ``b`` at the logit of the training base rate: early forecasts are calibrated on average."""

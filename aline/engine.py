@@ -1,0 +1,125 @@
+"""The ignite engines: a trainer whose step is the composite ALINE loss, and an evaluator.
+
+Factories in the style of the ignite code-generator templates: ``setup_trainer`` and ``setup_evaluator``
+each wrap one small closure. What the two steps return is the contract that ``aline.metrics`` and
+``aline.handlers`` read (see the module docstring of ``aline.metrics``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from aline.config import Config
+from aline.data import keep_batch
+from aline.losses import composite_loss, select_topk_hours
+
+Batch = dict[str, torch.Tensor]
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int) -> DataLoader:
+    """A loader whose shard and order depend only on (seed, epoch, rank), so runs and resumes repeat.
+
+    A DistributedSampler is used even on one process: it gives the same seeded shuffle either way, and at
+    evaluation it pads every process's share to the same length (duplicates that the metrics drop by index).
+    """
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=idist.get_world_size(),
+        rank=idist.get_rank(),
+        shuffle=train,
+        seed=seed,
+        drop_last=False,
+    )
+    # The dataset builds a whole batch with one fancy index (__getitems__), so collation is the identity.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch, num_workers=0)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def setup_trainer(
+    cfg: Config,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> Engine:
+    """Trainer engine: one optimisation step of L_post + α·L_policy + β·L_bce per batch."""
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(engine: Engine, batch: Batch) -> dict[str, float]:
+        model.train()
+        batch = _to(batch, device)
+        out = model(batch["x"], batch["mask"])
+        parts = composite_loss(out, batch, cfg.loss, cfg.policy)
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.mean().backward()
+        # The norm before clipping is what tells a user whether clipping is active.
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        return {**parts.means(), "grad_norm": float(grad_norm), "lr": float(optimizer.param_groups[0]["lr"])}
+
+    trainer = Engine(step)
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _reseed(engine: Engine) -> None:
+        # Shuffle order, Gumbel noise and dropout are functions of (seed, epoch, rank) only, so a run
+        # resumed from an epoch boundary continues exactly as an uninterrupted one would.
+        sampler = engine.state.dataloader.sampler
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(engine.state.epoch)
+        torch.manual_seed(cfg.seed * 100_003 + engine.state.epoch * 1_009 + idist.get_rank())
+
+    return trainer
+
+
+def setup_evaluator(cfg: Config, model: torch.nn.Module, device: torch.device) -> Engine:
+    """Evaluator engine: per-window outputs (see ``aline.metrics``) from one no-grad forward pass."""
+    k = cfg.policy.k
+
+    @torch.no_grad()
+    def step(engine: Engine, batch: Batch) -> dict[str, torch.Tensor]:
+        model.eval()
+        batch = _to(batch, device)
+        out = model(batch["x"], batch["mask"])
+        parts = composite_loss(out, batch, cfg.loss, cfg.policy)
+        topk = select_topk_hours(out.scores, k)  # [B, k]
+        result: dict[str, torch.Tensor] = {
+            "index": batch["index"],
+            "p": out.p_next,
+            "y": batch["y"],
+            "loss": parts.total,
+            "loss_post": parts.post,
+            "loss_policy": parts.policy,
+            "loss_bce": parts.bce,
+            "post_sq_err": (out.mu_z - batch["z"]).pow(2).mean(dim=(1, 2)),
+            "topk": topk,
+        }
+        nan = torch.full_like(out.p_next, float("nan"))
+        sigma = batch.get("sigma")
+        result["sigma_abs_err"] = nan if sigma is None else (out.sigma_z - sigma).abs().mean(dim=(1, 2))
+        qv = batch.get("query_value")  # [B, T]
+        if qv is None:
+            result["policy_qv"] = result["best_qv"] = nan
+        else:
+            result["policy_qv"] = qv.gather(1, topk).sum(1)
+            result["best_qv"] = qv.topk(k, dim=1).values.sum(1)
+        return {name: t.detach().cpu() for name, t in result.items()}
+
+    evaluator = Engine(step)
+    # The policy loss samples hours; fixing the noise per pass makes validation losses repeat. The trainer
+    # reseeds at every epoch start, so this does not leak into training.
+    evaluator.add_event_handler(Events.STARTED, lambda _: torch.manual_seed(cfg.seed))
+    return evaluator
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)

@@ -1,0 +1,265 @@
+"""``python -m aline.train``: validate config and data, then train with the ignite engines.
+
+``train(cfg) -> TrainResult`` is the plain function tests call; ``main()`` only parses arguments and maps
+errors to exit codes (0 success, 2 invalid config or data, 1 failure during training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+import yaml
+
+from aline import contract
+from aline.config import SPLITS, Config, ConfigError, load_config
+from aline.data import DataError, Normalizer, RawSplit, WindowDataset, load_splits
+from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
+from aline.model import build_model
+from aline.scoring import binary_scores
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+log = logging.getLogger("aline")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: str
+    epoch: int
+    best: dict[str, Any] | None
+    oracle: dict[str, Any] = field(default_factory=dict)
+
+
+# --- before any work: data ---------------------------------------------------------------------------
+
+
+def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
+    """Read and validate the train and val splits, simulating them first only into the default folder."""
+    missing = [str(cfg.data.split_path(s)) for s in SPLITS if not cfg.data.split_path(s).is_file()]
+    if missing and cfg.data.is_default_dir:
+        from aline.simulate import simulate  # imported lazily: only a fresh checkout needs it
+
+        announce(f"No training data in {cfg.data.dir}/: simulating it first (python -m aline.simulate).")
+        simulate(out_dir=cfg.data.dir, seed=cfg.seed)
+    elif missing:
+        raise DataError(
+            f"data.dir={cfg.data.dir!r}: missing {', '.join(missing)}. Give the folder that holds "
+            f"{cfg.data.prefix}_{{train,val,test}}.csv, or generate it: python -m aline.simulate --out {cfg.data.dir}"
+        )
+    return load_splits(cfg.data, splits=("train", "val"))
+
+
+def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
+    """Best-achievable figures on the validation split, shown by the monitor as dashed lines."""
+    refs: dict[str, float] = {}
+    if val.p_bayes is not None and val.y is not None:
+        refs.update(binary_scores(val.p_bayes, val.y))
+    if val.sigma is not None:
+        refs["post_mse_floor"] = float((val.sigma.astype("float64") ** 2).mean())
+    meta_path = cfg.data.meta_path
+    if meta_path.is_file():
+        import json
+
+        split = json.loads(meta_path.read_text()).get("splits", {}).get("val", {})
+        for key in ("logreg_auc", "best_fixed_share"):
+            if isinstance(split.get(key), (int, float)):
+                refs[key] = float(split[key])
+    return refs
+
+
+# --- the run folder ------------------------------------------------------------------------------------
+
+
+def new_run_dir(cfg: Config) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.run.dir) / f"{stamp}-{cfg.run.name}"
+
+
+def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config a run was started with, plus overrides (e.g. ``trainer.epochs=N`` to extend it)."""
+    path = run_dir / contract.CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no {contract.CONFIG_FILE} there; is it a run folder?")
+    if not (run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT).is_file():
+        raise ConfigError(
+            f"--resume {run_dir}: no {contract.CHECKPOINT_DIR}/{contract.LAST_CHECKPOINT} to resume from"
+        )
+    return load_config(path, overrides)
+
+
+# --- the training process (one per rank) ----------------------------------------------------------------
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW; the prediction head gets its own group (lr × ``optim.head_lr_mult``, no weight decay)."""
+    head = model.prediction_head_parameters()
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    o = cfg.optim
+    groups = [
+        {"params": body, "lr": o.lr, "weight_decay": o.weight_decay, "lr_mult": 1.0},
+        {"params": head, "lr": o.lr * o.head_lr_mult, "weight_decay": 0.0, "lr_mult": o.head_lr_mult},
+    ]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
+    if cfg.device == "cpu":
+        return torch.device("cpu")
+    return idist.device()
+
+
+def _training(local_rank: int, cfg: Config, run_dir: str, resume: bool, splits: dict[str, RawSplit]) -> None:
+    from aline import handlers, metrics
+
+    rank = idist.get_rank()
+    # Under torchrun every process computed its own timestamp; rank 0's name wins.
+    run_path = Path(idist.broadcast(run_dir, src=0))
+    device = _device(cfg)
+    torch.manual_seed(cfg.seed)
+
+    normalizer = Normalizer.fit(splits["train"])
+    train_set = WindowDataset(splits["train"], normalizer)
+    val_set = WindowDataset(splits["val"], normalizer)
+    train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
+    val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=cfg.seed)
+
+    model = build_model(cfg, n_features=len(normalizer.feature_names))
+    model.init_prediction_bias(float(splits["train"].y.mean()))
+    model = idist.auto_model(model.to(device))
+    optimizer = idist.auto_optim(build_optimizer(cfg, unwrap(model)))
+
+    trainer = setup_trainer(cfg, model, optimizer, device)
+    evaluator = setup_evaluator(cfg, model, device)
+    metrics.attach_training_metrics(trainer)
+    metrics.attach_validation_metrics(evaluator, cfg.policy.k)
+
+    oracle = oracle_references(cfg, splits["val"])
+    if rank == 0:
+        run_path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (run_path / contract.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            normalizer.save(run_path / contract.NORMALIZER_FILE)
+    idist.barrier()
+
+    handlers.attach_all(
+        cfg,
+        run_path,
+        trainer=trainer,
+        evaluator=evaluator,
+        val_loader=val_loader,
+        model=unwrap(model),
+        optimizer=optimizer,
+        oracle=oracle,
+        resume=resume,
+        epoch_length=len(train_loader),
+    )
+    trainer.run(train_loader, max_epochs=cfg.trainer.epochs)
+
+
+def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> TrainResult:
+    """Train one run; raises ConfigError/DataError (nothing written) or the training failure."""
+    splits = prepare_data(cfg, announce=announce)
+    run_dir = Path(resume) if resume is not None else new_run_dir(cfg)
+    backend = cfg.dist.backend
+    if backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    spawn = cfg.dist.nproc_per_node if cfg.dist.nproc_per_node > 1 else None
+    if spawn and backend is None:
+        raise ConfigError("dist.nproc_per_node > 1 needs dist.backend (gloo on CPU, nccl on GPU)")
+    with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
+        parallel.run(_training, cfg, str(run_dir), resume is not None, splits)
+    status = _read_status(run_dir)
+    return TrainResult(
+        run_dir=run_dir,
+        state=status.get("state", "unknown"),
+        epoch=int(status.get("epoch") or 0),
+        best=status.get("best"),
+        oracle=status.get("oracle") or {},
+    )
+
+
+def _read_status(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((run_dir / contract.STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aline.train",
+        description=(
+            "Train the simplified ALINE model (posterior fit + query policy + next-day BCE) with pytorch-ignite. "
+            "Writes runs/<UTC yyyymmdd-HHMMSS>-<run.name>/ (metrics.csv, status.json, checkpoints/, ...), "
+            "which `streamlit run app/monitor.py` shows live. With no data in ./data, simulates it first."
+        ),
+        epilog=(
+            "Overrides are KEY=VALUE pairs with dotted keys, parsed as YAML values, e.g. "
+            "optim.lr=3e-4 trainer.epochs=5 policy.reward=query_value dist.nproc_per_node=2 dist.backend=gloo. "
+            "Every key is documented in configs/train.yaml. Exit codes: 0 success, 2 invalid config or data, "
+            "1 failure during training."
+        ),
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML config (default: built-in defaults = configs/train.yaml)"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its checkpoints/last.pt, with its saved config.yaml "
+        "(plus overrides; trainer.epochs=N extends a finished run)",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM (a scheduler's stop) is handled like Ctrl-C: status "stopped" and a resumable last.pt.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if args.resume:
+            if args.config:
+                raise ConfigError(
+                    "--resume uses the run's own config.yaml; drop --config (overrides still apply)"
+                )
+            cfg = load_run_config(Path(args.resume), args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
+        result = train(cfg, resume=args.resume)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("stopped: the run can be continued with --resume", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as err:  # noqa: BLE001 - the run folder's train.log holds the traceback
+        print(f"error: training failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    if result.state != contract.STATE_FINISHED:
+        print(f"run {result.run_dir} ended {result.state}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"run {result.run_dir}: finished after {result.epoch} epochs; best {result.best}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
