@@ -165,6 +165,13 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_empty_splits_are_allowed(tmp_path):
+    meta = simulate(subjects=4, days=2, seed=1, out_dir=tmp_path, val_frac=0, test_frac=0, progress=False)
+    assert meta["splits"]["val"]["n_windows"] == 0 and meta["splits"]["train"]["n_windows"] == 8
+    val = pd.read_csv(tmp_path / "synthetic_migraine_val.csv")
+    assert len(val) == 0 and list(val.columns)[:4] == ["window_id", "subject_id", "day", "hour"]
+
+
 @pytest.mark.slow
 def test_realism_at_default_size(tmp_path):
     meta = simulate(out_dir=tmp_path, progress=False)
