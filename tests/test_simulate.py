@@ -91,6 +91,35 @@ def test_meta_figures_equal_sklearn_on_written_columns(small):
         assert s["query_value_mean"] == pytest.approx(df["query_value"].mean(), rel=1e-9)
 
 
+def test_written_posterior_equals_brute_force_from_the_csv(small):
+    """Rebuild the model of two windows from the CSV and the meta's parameters; condition directly."""
+    from gaussref import condition, joint_prior
+
+    from aline.simulate import _context
+
+    _, meta, frames = small
+    P = {k: np.asarray(v) for k, v in meta["model"]["params"].items()}
+    df = frames["train"]
+    daily = df.groupby("window_id").agg(subject=("subject_id", "first"), caf=("caffeine_mg", "sum"))
+    habitual = daily["caf"].groupby(daily["subject"]).transform("mean") >= 50
+    for wid in df["window_id"].unique()[:2]:
+        rows = df[df["window_id"] == wid].sort_values("hour")
+        feats = {n: rows[n].to_numpy(float)[None, :] for n in DEFAULT_FEATURES[:9]}
+        g, q, r = _context(feats, habitual.loc[[wid]].to_numpy(), P)
+        y = rows[["heart_rate", "hrv", "skin_temp", "stress_rating"]].to_numpy(float)  # [24, M]
+        obs = ~np.isnan(y)
+        b = g[0] @ P["B"].T + P["c"]
+        prior = joint_prior(P["A"], P["mu0"], P["Sigma0"], b, q[0])
+        resid = y - (g[0] @ P["D"].T + P["d"])
+        mean, cov = condition(*prior, P["C"], obs, resid, r[0])
+        written = rows[[f"post_mean_{n}" for n in DEFAULT_LATENTS]].to_numpy()
+        np.testing.assert_allclose(written, mean.reshape(24, 4), atol=6e-5)
+        std = np.sqrt(np.diag(cov)).reshape(24, 4)
+        np.testing.assert_allclose(
+            rows[[f"post_std_{n}" for n in DEFAULT_LATENTS]].to_numpy(), std, atol=6e-5
+        )
+
+
 def test_query_value_zero_while_asleep_or_logged(small):
     _, _, frames = small
     df = pd.concat(frames.values())
