@@ -478,14 +478,18 @@ class Normalizer:
 
     @classmethod
     def fit(cls, raw: RawSplit) -> Normalizer:
-        cols = raw.features.reshape(-1, raw.features.shape[-1]).T.astype(np.float64)  # [F, N*24]
-        seen = ~np.isnan(cols)
-        count = np.maximum(seen.sum(axis=1), 1)  # [F]
-        cols[~seen] = 0.0
-        mean = cols.sum(axis=1) / count
-        cols -= mean[:, None]
-        cols[~seen] = 0.0
-        std = np.sqrt(np.einsum("fm,fm->f", cols, cols) / count)
+        n_features = raw.features.shape[-1]
+        cols = np.ascontiguousarray(raw.features.reshape(-1, n_features).T)  # [F, N*24] float32
+        mean = np.zeros(n_features)
+        std = np.zeros(n_features)
+        for j in range(n_features):
+            # One contiguous pass per feature over its observed values; sums accumulate in float64.
+            v = cols[j][~np.isnan(cols[j])]
+            if not len(v):
+                continue
+            mean[j] = v.mean(dtype=np.float64)
+            d = v - np.float32(mean[j])
+            std[j] = math.sqrt(np.square(d, out=d).sum(dtype=np.float64) / len(v))
         # Constant (or never observed) columns carry no scale; std 1 leaves them as plain offsets.
         flat_col = (std <= 1e-9 * np.abs(mean)) | (std == 0)
         std = np.where(flat_col, 1.0, std)
