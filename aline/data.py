@@ -121,7 +121,9 @@ def _read_header(path: Path) -> list[str]:
         raise DataError(f"{path}: line 1: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not first.strip():
         raise DataError(f"{path}: the file is empty (expected a header line with column names)")
-    return [name.strip() for name in next(csv.reader([first]))]
+    # Names are kept exactly as written (pyarrow matches them so): " hour" is not "hour", and the
+    # missing-column message then suggests the near miss.
+    return next(csv.reader([first.rstrip("\r\n")]))
 
 
 @dataclass(frozen=True)
@@ -218,14 +220,14 @@ def _parse(path: Path, header: list[str], plan: _Plan) -> pa.Table:
             read_options=pacsv.ReadOptions(use_threads=_PARSE_THREADS),
             convert_options=pacsv.ConvertOptions(include_columns=wanted, column_types=types),
         )
-    except pa.ArrowInvalid as err:
+    except pa.ArrowException as err:
         raise _diagnose(path, header, plan, str(err)) from None
 
 
 def _diagnose(path: Path, header: list[str], plan: _Plan, arrow_msg: str) -> DataError:
     """The fast typed parse failed; find out where, with line numbers (slow path, errors only)."""
     if "parse error" in arrow_msg or "Expected" in arrow_msg:
-        with path.open("r", encoding="utf-8-sig", newline="") as fh:
+        with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
             for lineno, fields in enumerate(csv.reader(fh), start=1):
                 if fields and len(fields) != len(header):
                     return DataError(
@@ -246,7 +248,7 @@ def _diagnose(path: Path, header: list[str], plan: _Plan, arrow_msg: str) -> Dat
                 strings_can_be_null=True,
             ),
         )
-    except pa.ArrowInvalid as err:  # bytes that are not UTF-8, most likely: find the line
+    except pa.ArrowException as err:  # bytes that are not UTF-8, most likely: find the line
         with path.open("rb") as fh:
             for lineno, line in enumerate(fh, start=1):
                 try:
@@ -422,7 +424,7 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
     post_mean = None if blank(plan.post_mean, True) else hourly(plan.post_mean, allow_missing=False)
     y = None if blank(plan.label, opt) else per_window(plan.label, allowed=(0.0, 1.0))
     qv = plan.query_value
-    query_value = None if blank(qv, True) else hourly([qv], allow_missing=False)[:, :, 0]
+    query_value = None if blank(qv, True) else hourly([qv], allow_missing=False).reshape(n, HOURS)
     p_bayes = None if blank(plan.p_bayes, True) else per_window(plan.p_bayes, lo=0.0, hi=1.0)
     p_true = None if blank(plan.p_true, True) else per_window(plan.p_true, lo=0.0, hi=1.0)
     return RawSplit(

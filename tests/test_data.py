@@ -460,3 +460,9 @@ def test_non_utf8_bytes_give_a_data_error(tmp_path: Path) -> None:
     path.write_bytes(data)
     with pytest.raises(DataError, match=r"bad\.csv: line 2: not UTF-8"):
         read_split(path, COLS)
+
+
+def test_header_name_with_stray_space_is_reported_with_a_hint(tmp_path: Path) -> None:
+    df = to_frame(make_truth(n=2)).rename(columns={"hrv": " hrv"})
+    with pytest.raises(DataError, match=r"missing column\(s\) 'hrv' \(did you mean ' hrv'\?\)"):
+        read_split(write(df, tmp_path / "bad.csv"), COLS)
