@@ -99,7 +99,7 @@ def default_params() -> dict[str, Any]:
     # sleep debt: builds while awake, repaid while asleep (c), more with late caffeine and alcohol.
     B[1, [G["awake"], G["caffeine_100mg_after_15h"], G["drinks"]]] = [0.22, 0.08, 0.02]
     # hormonal state: pulled up during the menstrual window.
-    B[2, G["menstrual_window"]] = 0.035
+    B[2, G["menstrual_window"]] = 0.025
     # trigger load: alcohol (heavy drinking much more), falling pressure, caffeine withdrawal.
     B[3, [G["drinks"], G["heavy_drinking_so_far"], G["pressure_drop_hpa"], G["caffeine_withdrawal"]]] = [
         0.03,
