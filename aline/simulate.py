@@ -186,6 +186,13 @@ HABITS = {
 }
 HABITUAL_MG = 50.0  # mean daily caffeine that marks a habitual user
 
+if set(UNITS) != set(DEFAULT_FEATURES) or len(DEFAULT_LATENTS) != 4:
+    # The generator produces exactly the columns in UNITS; a changed config list must be mirrored here.
+    raise RuntimeError(
+        "aline.config.DEFAULT_FEATURES/DEFAULT_LATENTS no longer match what aline.simulate generates: "
+        f"{sorted(set(UNITS) ^ set(DEFAULT_FEATURES))} differ, latents {DEFAULT_LATENTS}"
+    )
+
 
 # --- generation -----------------------------------------------------------------------------------------
 
