@@ -433,13 +433,8 @@ def attach_status(
         # Ignite fires EXCEPTION_RAISED twice for an error inside an iteration (inner and outer loop).
         if not (handled and handled[0] is err):
             handled[:] = [err]
-            if last_checkpoint is not None:
-                try:
-                    last_checkpoint.save()
-                except Exception as save_err:  # the original error matters more than this one
-                    logging.getLogger(LOGGER_NAME).error(
-                        "could not write %s: %s", last_checkpoint.path, save_err
-                    )
+            # last.pt is left as the latest epoch boundary wrote it (or as STARTED wrote it): a mid-epoch
+            # state cannot be resumed exactly, since the loader would restart the epoch's batches.
             epoch, iteration = engine.state.epoch, engine.state.iteration
             if isinstance(err, KeyboardInterrupt):
                 status.stopped(str(err) or "interrupted (KeyboardInterrupt)", epoch, iteration)
@@ -592,9 +587,15 @@ def last_checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
 def attach_last_checkpoint(trainer: Engine, last: LastCheckpoint) -> None:
     """Write ``last.pt`` at each epoch end (attach after the validation handler; see the module doc).
 
-    Writing it when the run stops or fails is done by :func:`attach_status` (pass it ``last``).
+    Also at the start of a fresh run, so that a run stopped during its first epoch is resumable too. Only
+    epoch boundaries are ever saved: resuming from one repeats the interrupted epoch exactly.
     """
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: last.save())
+
+    @trainer.on(Events.STARTED)
+    def _initial(_: Engine) -> None:
+        if not last.path.exists():
+            last.save()
 
 
 def resume_from(last_pt: str | os.PathLike[str], to_load: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from aline import contract
 from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.data import DataError, Normalizer, RawSplit, WindowDataset, load_splits
 from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
+from aline.handlers import install_sigterm_handler
 from aline.model import build_model
 from aline.scoring import binary_scores
 
@@ -50,13 +50,32 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
         from aline.simulate import simulate  # imported lazily: only a fresh checkout needs it
 
         announce(f"No training data in {cfg.data.dir}/: simulating it first (python -m aline.simulate).")
-        simulate(out_dir=cfg.data.dir, seed=cfg.seed)
+        simulate(out_dir=cfg.data.dir)
     elif missing:
         raise DataError(
             f"data.dir={cfg.data.dir!r}: missing {', '.join(missing)}. Give the folder that holds "
-            f"{cfg.data.prefix}_{{train,val,test}}.csv, or generate it: python -m aline.simulate --out {cfg.data.dir}"
+            f"{cfg.data.prefix}_{{train,val,test}}.csv, or generate it: "
+            f"python -m aline.simulate --out {cfg.data.dir}"
         )
-    return load_splits(cfg.data, splits=("train", "val"))
+    splits = load_splits(cfg.data, splits=("train", "val"))
+    _check_roles(cfg, splits)
+    return splits
+
+
+def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
+    """Columns that the chosen options need, checked before any run folder exists (exit 2, not a crash)."""
+    cols = cfg.data.columns
+    for raw in splits.values():
+        if cfg.loss.sigma_target == "posterior" and raw.sigma is None:
+            raise DataError(
+                f"{raw.path}: loss.sigma_target=posterior needs the posterior std columns "
+                f"{cols.sigma_columns()} (data.columns.sigma_prefix); set loss.sigma_target=constant instead"
+            )
+        if cfg.policy.reward == "query_value" and raw.query_value is None:
+            raise DataError(
+                f"{raw.path}: policy.reward=query_value needs the column {cols.query_value!r} "
+                "(data.columns.query_value); use policy.reward=uncertainty instead"
+            )
 
 
 def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
@@ -94,7 +113,15 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
         raise ConfigError(
             f"--resume {run_dir}: no {contract.CHECKPOINT_DIR}/{contract.LAST_CHECKPOINT} to resume from"
         )
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides)
+    status = _read_status(run_dir)
+    done = int(status.get("epoch") or 0)
+    if status.get("state") == contract.STATE_FINISHED and done >= cfg.trainer.epochs:
+        raise ConfigError(
+            f"--resume {run_dir}: the run already finished {done} epochs; "
+            f"extend it with trainer.epochs=N (N > {done})"
+        )
+    return cfg
 
 
 # --- the training process (one per rank) ----------------------------------------------------------------
@@ -207,14 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aline.train",
         description=(
-            "Train the simplified ALINE model (posterior fit + query policy + next-day BCE) with pytorch-ignite. "
-            "Writes runs/<UTC yyyymmdd-HHMMSS>-<run.name>/ (metrics.csv, status.json, checkpoints/, ...), "
-            "which `streamlit run app/monitor.py` shows live. With no data in ./data, simulates it first."
+            "Train the simplified ALINE model (posterior fit + query policy + next-day BCE) with "
+            "pytorch-ignite. Writes runs/<UTC yyyymmdd-HHMMSS>-<run.name>/ (metrics.csv, status.json, "
+            "checkpoints/, ...), which `streamlit run app/monitor.py` shows live. With no data in ./data, "
+            "simulates it first."
         ),
         epilog=(
-            "Overrides are KEY=VALUE pairs with dotted keys, parsed as YAML values, e.g. "
-            "optim.lr=3e-4 trainer.epochs=5 policy.reward=query_value dist.nproc_per_node=2 dist.backend=gloo. "
-            "Every key is documented in configs/train.yaml. Exit codes: 0 success, 2 invalid config or data, "
+            "Overrides are KEY=VALUE pairs with dotted keys, parsed as YAML values, e.g. optim.lr=3e-4 "
+            "trainer.epochs=5 policy.reward=query_value dist.nproc_per_node=2 dist.backend=gloo. Every key "
+            "is documented in configs/train.yaml. Exit codes: 0 success, 2 invalid config or data, "
             "1 failure during training."
         ),
     )
@@ -234,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (a scheduler's stop) is handled like Ctrl-C: status "stopped" and a resumable last.pt.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    install_sigterm_handler()
     try:
         if args.resume:
             if args.config:

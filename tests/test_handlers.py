@@ -599,8 +599,9 @@ def test_last_checkpoint_resume_gives_the_same_numbers_as_never_stopping(tmp_pat
     assert status_of(tmp_path / "run")["state"] == "finished"
 
 
-def test_last_checkpoint_written_on_failure_and_atomic(tmp_path):
+def test_last_checkpoint_keeps_the_last_epoch_boundary_on_failure(tmp_path):
     model = torch.nn.Linear(2, 1)
+    bias0 = float(model.bias)
 
     def step(engine, batch):
         with torch.no_grad():
@@ -616,11 +617,34 @@ def test_last_checkpoint_written_on_failure_and_atomic(tmp_path):
     with pytest.raises(RuntimeError, match="disk on fire"):
         trainer.run(range(2), max_epochs=4)
     ckpt = torch.load(H.last_checkpoint_path(tmp_path), weights_only=True)
-    assert ckpt["trainer"]["iteration"] == 5 and float(ckpt["model"]["bias"]) == pytest.approx(
-        float(model.bias)
-    )
+    # Failed in epoch 3 (iteration 5): last.pt is the end of epoch 2, which a resume repeats exactly.
+    assert ckpt["trainer"]["iteration"] == 4
+    assert float(ckpt["model"]["bias"]) == pytest.approx(bias0 + 4.0)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]  # no temp file left
     assert status_of(tmp_path)["state"] == "failed"
+
+
+def test_run_stopped_in_its_first_epoch_is_resumable_from_the_start(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    bias0 = float(model.bias)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            model.bias += 1.0
+        if engine.state.iteration == 2:
+            raise KeyboardInterrupt
+        return {"loss": 1.0}
+
+    trainer = Engine(step)
+    last = H.LastCheckpoint(H.last_checkpoint_path(tmp_path), {"model": model, "trainer": trainer})
+    H.attach_last_checkpoint(trainer, last)
+    H.attach_status(trainer, H.RunStatus(tmp_path / "status.json"), last)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(range(3), max_epochs=2)
+    ckpt = torch.load(H.last_checkpoint_path(tmp_path), weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 0
+    assert float(ckpt["model"]["bias"]) == pytest.approx(bias0)
+    assert status_of(tmp_path)["state"] == "stopped"
 
 
 def test_resume_from_names_missing_entries(tmp_path):
