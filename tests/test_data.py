@@ -96,9 +96,14 @@ def lines_in(message: str) -> list[int]:
 # --- reading a good file -----------------------------------------------------------------------------
 
 
-def test_read_split_recovers_arrays_from_shuffled_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["shuffled rows", "whole windows, unsorted", "sorted"])
+def test_read_split_recovers_arrays(tmp_path: Path, layout: str) -> None:
+    # The three orders take the loader's three paths: full sort, moving 24-row blocks, nothing to move.
     t = make_truth()
-    raw = read_split(write(to_frame(t), tmp_path / "a.csv"), COLS)
+    df = to_frame(t, shuffle=layout == "shuffled rows")
+    if layout == "sorted":
+        df = df.sort_values(["window_id", "hour"])
+    raw = read_split(write(df, tmp_path / "a.csv"), COLS)
     ref = sorted_truth(t)
     assert raw.window_id.dtype == np.int64
     np.testing.assert_array_equal(raw.window_id, ref["window_id"])
@@ -218,11 +223,18 @@ def test_label_outside_0_1(tmp_path: Path, value: str) -> None:
     assert all(csv_field(path, n, "y_next") == value for n in lines)
 
 
-def test_label_must_agree_within_window(tmp_path: Path) -> None:
-    df = to_frame(make_truth(n=3))
-    df.loc[4, "y_next"] = 1 - df.loc[4, "y_next"]
-    with pytest.raises(DataError, match=r"'y_next'.*same on all 24 rows"):
-        read_split(write(df, tmp_path / "bad.csv"), COLS)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_label_must_agree_within_window(tmp_path: Path, shuffle: bool) -> None:
+    df = to_frame(make_truth(n=3), shuffle=shuffle)
+    victim = df["window_id"].iloc[30]
+    df.loc[30, "y_next"] = 1 - df.loc[30, "y_next"]
+    path = write(df, tmp_path / "bad.csv")
+    with pytest.raises(DataError, match=rf"'y_next'.*same on all 24 rows.*window {victim}"):
+        read_split(path, COLS)
+    with pytest.raises(DataError) as info:
+        read_split(path, COLS)
+    lines = lines_in(str(info.value))
+    assert len(lines) == 5 and all(int(csv_field(path, n, "window_id")) == victim for n in lines)
 
 
 @pytest.mark.parametrize("column", ["heart_rate", "z_stress", "window_id", "hour"])
