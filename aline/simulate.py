@@ -50,6 +50,20 @@ MEASUREMENTS = ("heart_rate", "hrv", "skin_temp", "stress_rating")
 INPUTS = tuple(f for f in DEFAULT_FEATURES if f not in MEASUREMENTS)
 DIARY = MEASUREMENTS.index("stress_rating")
 BEST_K = 3
+# Inputs that are counts or flags: written as integers ("3", not "3.0").
+INTEGER_INPUTS = frozenset(
+    (
+        "asleep",
+        "caffeine_mg",
+        "alcohol_drinks",
+        "skipped_meal",
+        "screen_time_min",
+        "steps",
+        "menstrual_window",
+    )
+)
+# Decimals of the written floats; measurements are rounded before the filter sees them.
+FLOAT_DECIMALS = {"measurement": 2, "latent": 4, "query_value": 6, "prob": 6}
 
 UNITS = {
     "asleep": "0/1 flag",
@@ -392,7 +406,7 @@ def generate(subjects: int, days: int, seed: int, params: dict[str, Any] | None 
         z[:, t] = z[:, t - 1] @ A.T + drive[:, t] + eps[:, t]
     offset = g @ D.T + d  # [N, T, M]
     y = z @ C.T + offset + rng.standard_normal((N, T, 4)) * np.sqrt(r)
-    y = np.round(y, 2)
+    y = np.round(y, FLOAT_DECIMALS["measurement"])
     y = np.where(obs, y, np.nan)
 
     post = smooth(
@@ -501,8 +515,6 @@ def _oracle_top_k(qv: np.ndarray, k: int = BEST_K) -> np.ndarray:
 
 # --- files -------------------------------------------------------------------------------------------------
 
-FLOAT_DECIMALS = {"feature": 2, "latent": 4, "query_value": 6, "prob": 6}
-
 
 def columns() -> list[str]:
     """CSV header, in order."""
@@ -535,18 +547,18 @@ def _table(sim: dict[str, Any], rows: np.ndarray, days: int):
         "day": per_row(sim["day"][rows]),
         "hour": np.tile(np.arange(T), n),
     }
-    ints = {"asleep", "caffeine_mg", "alcohol_drinks", "skipped_meal", "screen_time_min", "steps"}
-    ints.add("menstrual_window")
     for name in INPUTS:
         v = sim["feats"][name][rows].ravel()
-        data[name] = v.astype(np.int64) if name in ints else v
+        data[name] = v.astype(np.int64) if name in INTEGER_INPUTS else v
+    y = sim["y"][rows]  # [n, 24, M], one gather per array rather than one per column
     for j, name in enumerate(MEASUREMENTS):
-        v = sim["y"][rows, :, j].ravel()
-        data[name] = pa.array(v, mask=np.isnan(v))
+        v = y[:, :, j].ravel()
+        data[name] = pa.array(v, mask=np.isnan(v))  # NaN -> null -> empty cell
+    z, mean, std = sim["z"][rows], sim["post_mean"][rows], sim["post_std"][rows]  # [n, 24, Z]
     for i, name in enumerate(DEFAULT_LATENTS):
-        data[f"z_{name}"] = sim["z"][rows, :, i].ravel()
-        data[f"post_mean_{name}"] = sim["post_mean"][rows, :, i].ravel()
-        data[f"post_std_{name}"] = sim["post_std"][rows, :, i].ravel()
+        data[f"z_{name}"] = z[:, :, i].ravel()
+        data[f"post_mean_{name}"] = mean[:, :, i].ravel()
+        data[f"post_std_{name}"] = std[:, :, i].ravel()
     data["query_value"] = sim["query_value"][rows].ravel()
     data["y_next"] = per_row(sim["y_next"][rows])
     data["p_true"] = per_row(sim["p_true"][rows])
