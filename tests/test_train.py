@@ -1,4 +1,4 @@
-"""End to end: ``train(cfg)`` and ``python -m aline.train`` on a tiny simulated data set, real files on disk."""
+"""End to end: ``train(cfg)`` and ``python -m aline.train`` on tiny simulated data, real files on disk."""
 
 from __future__ import annotations
 
