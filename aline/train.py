@@ -148,12 +148,20 @@ def _device(cfg: Config) -> torch.device:
     return idist.device()
 
 
-def _training(local_rank: int, cfg: Config, run_dir: str, resume: bool, splits: dict[str, RawSplit]) -> None:
+def _training(
+    local_rank: int,
+    cfg: Config,
+    run_dir: str,
+    resume: bool,
+    splits: dict[str, RawSplit],
+    resolved: list[str],
+) -> None:
     from aline import handlers, metrics
 
     rank = idist.get_rank()
     # Under torchrun every process computed its own timestamp; rank 0's name wins.
     run_path = Path(idist.broadcast(run_dir, src=0))
+    resolved.append(str(run_path))  # seen by the caller when this runs in its process (torchrun, 1 process)
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
 
@@ -194,6 +202,8 @@ def _training(local_rank: int, cfg: Config, run_dir: str, resume: bool, splits: 
         epoch_length=len(train_loader),
     )
     trainer.run(train_loader, max_epochs=cfg.trainer.epochs)
+    # Every rank reads status.json afterwards; wait until rank 0 has written the final state.
+    idist.barrier()
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> TrainResult:
@@ -206,8 +216,11 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
     spawn = cfg.dist.nproc_per_node if cfg.dist.nproc_per_node > 1 else None
     if spawn and backend is None:
         raise ConfigError("dist.nproc_per_node > 1 needs dist.backend (gloo on CPU, nccl on GPU)")
+    resolved: list[str] = []
     with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
-        parallel.run(_training, cfg, str(run_dir), resume is not None, splits)
+        parallel.run(_training, cfg, str(run_dir), resume is not None, splits, resolved)
+    # Spawned children broadcast this process's name; under torchrun rank 0's name replaces ours.
+    run_dir = Path(resolved[0]) if resolved else run_dir
     status = _read_status(run_dir)
     return TrainResult(
         run_dir=run_dir,
@@ -285,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     if result.state != contract.STATE_FINISHED:
         print(f"run {result.run_dir} ended {result.state}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"run {result.run_dir}: finished after {result.epoch} epochs; best {result.best}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary rather than one per process
+        best = result.best or {}
+        print(
+            f"run {result.run_dir}: finished after {result.epoch} epochs; best {best.get('metric')} "
+            f"{best.get('value', float('nan')):.4f} at epoch {best.get('epoch')} ({best.get('checkpoint')})"
+        )
     return EXIT_OK
 
 

@@ -250,7 +250,7 @@ def test_two_processes_log_the_metrics_one_process_computes(tiny_data: Path, tmp
 def test_cli_under_torchrun(tiny_data: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "aline.train", f"data.dir={tiny_data}", f"run.dir={runs}", "trainer.epochs=1",
         "dist.backend=gloo", *TINY_MODEL,
     ]  # fmt: skip
