@@ -71,7 +71,8 @@ def main() -> int:
                 )
             print(f"\n== policy.reward={reward}: best epoch {int(row['epoch'])}, {seconds:.0f} s ==")
             print(
-                f"   val auc {row['auc']:.4f} (Bayes {ref['oracle']['auc']:.4f}, logreg {ref['logreg_auc']:.4f})"
+                f"   val auc {row['auc']:.4f} (Bayes {ref['oracle']['auc']:.4f}, "
+                f"logreg {ref['logreg_auc']:.4f})"
                 f"  brier {row['brier']:.4f} (Bayes {ref['oracle']['brier']:.4f})  ece {row['ece']:.4f}"
                 f"  post_mse {row['post_mse']:.4f} (floor {ref['post_var_floor']:.4f})"
                 f"  policy_value {row['policy_value']:.3f} (best fixed {ref['best_fixed_share']:.3f})"
