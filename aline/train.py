@@ -18,12 +18,14 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 import yaml
+from ignite.engine import Engine
+from torch.utils.data import DataLoader
 
 from aline import contract
 from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.data import DataError, Normalizer, RawSplit, WindowDataset, load_splits
 from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
-from aline.handlers import install_sigterm_handler
+from aline.handlers import RunHandlers, install_sigterm_handler
 from aline.model import build_model
 from aline.scoring import binary_scores
 
@@ -148,24 +150,29 @@ def _device(cfg: Config) -> torch.device:
     return idist.device()
 
 
-def _training(
-    local_rank: int,
-    cfg: Config,
-    run_dir: str,
-    resume: bool,
-    splits: dict[str, RawSplit],
-    resolved: list[str],
-) -> None:
+@dataclass
+class Run:
+    """Everything one process needs to train: engines, loaders, model, optimiser, attached handlers."""
+
+    path: Path
+    trainer: Engine
+    evaluator: Engine
+    train_loader: DataLoader
+    val_loader: DataLoader
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    handlers: RunHandlers
+
+
+def setup_run(cfg: Config, run_path: Path, splits: dict[str, RawSplit], *, resume: bool) -> Run:
+    """Build the engines with every metric and handler attached (and the run folder's first files)."""
     from aline import handlers, metrics
 
-    rank = idist.get_rank()
-    # Under torchrun every process computed its own timestamp; rank 0's name wins.
-    run_path = Path(idist.broadcast(run_dir, src=0))
-    resolved.append(str(run_path))  # seen by the caller when this runs in its process (torchrun, 1 process)
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
-
-    normalizer = Normalizer.fit(splits["train"])
+    norm_path = run_path / contract.NORMALIZER_FILE
+    # A resumed run keeps the statistics it was trained with, even if the CSVs changed since.
+    normalizer = Normalizer.load(norm_path) if resume else Normalizer.fit(splits["train"])
     train_set = WindowDataset(splits["train"], normalizer)
     val_set = WindowDataset(splits["val"], normalizer)
     train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
@@ -181,15 +188,14 @@ def _training(
     metrics.attach_training_metrics(trainer)
     metrics.attach_validation_metrics(evaluator, cfg.policy.k)
 
-    oracle = oracle_references(cfg, splits["val"])
-    if rank == 0:
+    if idist.get_rank() == 0:
         run_path.mkdir(parents=True, exist_ok=True)
         if not resume:
             (run_path / contract.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            normalizer.save(run_path / contract.NORMALIZER_FILE)
+            normalizer.save(norm_path)
     idist.barrier()
 
-    handlers.attach_all(
+    attached = handlers.attach_all(
         cfg,
         run_path,
         trainer=trainer,
@@ -197,11 +203,26 @@ def _training(
         val_loader=val_loader,
         model=unwrap(model),
         optimizer=optimizer,
-        oracle=oracle,
+        oracle=oracle_references(cfg, splits["val"]),
         resume=resume,
         epoch_length=len(train_loader),
     )
-    trainer.run(train_loader, max_epochs=cfg.trainer.epochs)
+    return Run(run_path, trainer, evaluator, train_loader, val_loader, model, optimizer, attached)
+
+
+def _training(
+    local_rank: int,
+    cfg: Config,
+    run_dir: str,
+    resume: bool,
+    splits: dict[str, RawSplit],
+    resolved: list[str],
+) -> None:
+    # Under torchrun every process computed its own timestamp; rank 0's name wins.
+    run_path = Path(idist.broadcast(run_dir, src=0))
+    resolved.append(str(run_path))  # seen by the caller when this runs in its process (torchrun, 1 process)
+    run = setup_run(cfg, run_path, splits, resume=resume)
+    run.trainer.run(run.train_loader, max_epochs=cfg.trainer.epochs)
     # Every rank reads status.json afterwards; wait until rank 0 has written the final state.
     idist.barrier()
 
