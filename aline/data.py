@@ -218,7 +218,10 @@ def _parse(path: Path, header: list[str], plan: _Plan) -> pa.Table:
         return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(use_threads=_PARSE_THREADS),
-            convert_options=pacsv.ConvertOptions(include_columns=wanted, column_types=types),
+            # Only an empty cell is missing (design.md); "NA" or "n/a" is text and gets reported as such.
+            convert_options=pacsv.ConvertOptions(
+                include_columns=wanted, column_types=types, null_values=[""]
+            ),
         )
     except pa.ArrowException as err:
         raise _diagnose(path, header, plan, str(err)) from None
@@ -245,6 +248,7 @@ def _diagnose(path: Path, header: list[str], plan: _Plan, arrow_msg: str) -> Dat
             convert_options=pacsv.ConvertOptions(
                 include_columns=wanted,
                 column_types={c: pa.string() for c in wanted},
+                null_values=[""],
                 strings_can_be_null=True,
             ),
         )
