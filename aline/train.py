@@ -229,6 +229,13 @@ def _training(
 
 def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> TrainResult:
     """Train one run; raises ConfigError/DataError (nothing written) or the training failure."""
+    if cfg.logging.wandb:
+        import importlib.util
+
+        from aline.handlers import WANDB_MISSING
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(WANDB_MISSING)
     splits = prepare_data(cfg, announce=announce)
     run_dir = Path(resume) if resume is not None else new_run_dir(cfg)
     backend = cfg.dist.backend

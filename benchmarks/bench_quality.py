@@ -8,7 +8,7 @@ the oracle figures from the simulator's meta file and prints
   AUC - logistic-regression AUC (> 0), policy_value (query_value reward: >= 0.8 and > best fixed hours),
   and the wall time of the run (< 5 minutes on 2 cores with nothing else running).
 
-    python benchmarks/bench_quality.py [--rewards uncertainty query_value] [KEY=VALUE ...]
+    python benchmarks/bench_quality.py [--rewards uncertainty,query_value] [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rewards", nargs="+", default=["uncertainty", "query_value"])
+    parser.add_argument("--rewards", default="uncertainty,query_value", help="comma-separated reward choices")
     parser.add_argument("--data-dir", default="data", help="folder with the simulator's CSVs and meta")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
     args = parser.parse_args()
     overrides = [f"data.dir={args.data_dir}", *args.overrides]
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
-        for reward in args.rewards:
+        for reward in args.rewards.split(","):
             run, seconds = run_once(reward, overrides, Path(tmp))
             meta = json.loads((Path(args.data_dir) / "synthetic_migraine_meta.json").read_text())
             ref = meta["splits"]["val"]

@@ -170,6 +170,11 @@ def test_bad_input_exits_2_without_traceback_or_run_folder(
         ],
     ]
     expected = ["nowhere", "optim.lr", "did you mean 'trainer.batch_size'", "policy.reward=query_value"]
+    try:
+        import wandb  # noqa: F401
+    except ImportError:  # the W&B extra is not installed here: asking for it must fail before any work
+        cases.append([f"data.dir={tiny_data}", f"run.dir={runs}", "logging.wandb=true"])
+        expected.append("pip install 'aline[wandb]'")
     for argv, needle in zip(cases, expected, strict=True):
         assert train_mod.main(argv) == train_mod.EXIT_INVALID
         err = capsys.readouterr().err

@@ -1,0 +1,70 @@
+"""The monitor on a run folder written by the real trainer (not a fixture): trainer and monitor agree."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from aline import contract as C
+from aline.config import load_config
+from aline.simulate import simulate
+from aline.train import train
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "monitor.py")
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("real")
+    simulate(subjects=20, days=6, seed=5, out_dir=root / "data", progress=False)
+    overrides = [
+        f"data.dir={root / 'data'}", f"run.dir={root / 'runs'}", "trainer.epochs=2", "trainer.batch_size=32",
+        "trainer.log_every=1", "model.d_model=16", "model.heads=2", "model.layers=1", "model.ff_dim=32",
+        "logging.progress=false",
+    ]  # fmt: skip
+    return train(load_config(None, overrides), announce=lambda _: None).run_dir
+
+
+def chart(at: AppTest, name: str) -> dict:
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        if spec["layout"]["meta"]["chart"] == name:
+            return spec
+    raise AssertionError(f"no {name} chart; page has {[e.value for e in at.error]}")
+
+
+def test_monitor_shows_a_real_trainer_run(real_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALINE_RUNS", str(real_run.parent))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+
+    with (real_run / C.METRICS_FILE).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    status = json.loads((real_run / C.STATUS_FILE).read_text())
+
+    loss = chart(at, "loss")
+    for split in (C.SPLIT_TRAIN, C.SPLIT_VAL):
+        want = [float(r["loss"]) for r in rows if r["split"] == split]
+        want_meta = {"split": split, "column": "loss", "kind": "raw"}
+        raw = [t for t in loss["data"] if want_meta.items() <= t["meta"].items()]
+        assert raw and raw[0]["y"] == pytest.approx(want)
+
+    val = chart(at, "val")
+    auc, oracle = (
+        [t for t in val["data"] if t["meta"].get("column") == "auc" and t["meta"].get("kind") == kind]
+        for kind in ("value", "oracle")
+    )
+    assert auc[0]["y"] == pytest.approx([float(r["auc"]) for r in rows if r["split"] == C.SPLIT_VAL])
+    assert oracle[0]["y"] and all(y == pytest.approx(status["oracle"]["auc"]) for y in oracle[0]["y"])
+
+    with (real_run / C.TOPK_FILE).open(newline="") as fh:
+        last = [float(r["frequency"]) for r in csv.DictReader(fh) if r["epoch"] == "2"]
+    bars = chart(at, "topk_bars")
+    assert bars["data"][0]["y"] == pytest.approx(last)
+    table = at.dataframe[0].value
+    assert list(table["state"]) == ["finished"] and list(table["epochs done"]) == [2]
