@@ -86,10 +86,10 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    d_model: int = Field(64, ge=4, le=4096)
+    d_model: int = Field(128, ge=4, le=4096)
     heads: int = Field(4, ge=1, le=64)
     layers: int = Field(2, ge=1, le=48)
-    ff_dim: int = Field(128, ge=4)
+    ff_dim: int = Field(256, ge=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -119,7 +119,7 @@ class SchedConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     log_every: int = Field(20, ge=1)

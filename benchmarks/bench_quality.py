@@ -8,7 +8,7 @@ the oracle figures from the simulator's meta file and prints
   AUC - logistic-regression AUC (> 0), policy_value (query_value reward: >= 0.8 and > best fixed hours),
   and the wall time of the run (< 5 minutes on 2 cores with nothing else running).
 
-    python benchmarks/bench_quality.py [--rewards uncertainty,query_value] [KEY=VALUE ...]
+    python benchmarks/bench_quality.py [--rewards uncertainty,query_value] [--keep runs] [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def run_once(reward: str, overrides: list[str], runs: Path) -> tuple[Path, float
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    (run,) = [p for p in runs.iterdir() if p.name.endswith(f"-{reward}")]
+    run = max(p for p in runs.iterdir() if p.name.endswith(f"-{reward}"))  # the newest of that name
     return run, seconds
 
 
@@ -47,13 +47,16 @@ def main() -> int:
     )
     parser.add_argument("--rewards", default="uncertainty,query_value", help="comma-separated reward choices")
     parser.add_argument("--data-dir", default="data", help="folder with the simulator's CSVs and meta")
+    parser.add_argument("--keep", metavar="DIR", help="keep the runs under DIR (default: a temp dir)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
     args = parser.parse_args()
     overrides = [f"data.dir={args.data_dir}", *args.overrides]
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(args.keep or tmp)
+        runs.mkdir(parents=True, exist_ok=True)
         for reward in args.rewards.split(","):
-            run, seconds = run_once(reward, overrides, Path(tmp))
+            run, seconds = run_once(reward, overrides, runs)
             meta = json.loads((Path(args.data_dir) / "synthetic_migraine_meta.json").read_text())
             ref = meta["splits"]["val"]
             row = best_val_row(run)
