@@ -6,7 +6,7 @@ metric and writes metrics.csv, calibration/top-k tables, status.json, checkpoint
 are interleaved (bare, ignite, bare, ignite, ...) so that the noise of a shared machine hits both alike;
 the figure is the median ratio of windows/s (ignite / bare). Target >= 0.95. Run it with nothing else on.
 
-    python benchmarks/bench_train_speed.py [--repeats 5] [--epochs 2] [KEY=VALUE ...]
+    python benchmarks/bench_train_speed.py [--repeats 9] [--epochs 2] [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
         "overrides", nargs="*", help="config overrides (data.dir=..., trainer.batch_size=...)"
