@@ -14,7 +14,6 @@ import csv
 import difflib
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -42,11 +41,10 @@ __all__ = [
 
 # How many offending CSV lines an error message quotes before summarising the rest as a count.
 _SHOWN = 5
-# On a small shared machine pyarrow's worker threads compete with everything else and parse slower than
-# one thread does (measured on 2 busy cores: 1.3 s threaded vs 1.0 s single); with more cores they pay.
-_PARSE_THREADS = (
-    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-) > 2
+# pyarrow's threaded parse: on 2 idle cores the whole load of 432k rows took 0.30 s against 0.47 s with one
+# thread (benchmarks/bench_loader.py). On busy cores it was slower (1.3 s vs 1.0 s), but a user training
+# here has the cores to themselves.
+_PARSE_THREADS = True
 _NORMALIZER_KIND = "aline.normalizer"
 _NORMALIZER_VERSION = 1
 
