@@ -141,6 +141,12 @@ class PolicyConfig(_Section):
     baseline: Literal["loo", "batch_mean", "none"] = "loo"
     train_encoder: bool = False
 
+    @model_validator(mode="after")
+    def _loo_needs_two_samples(self) -> PolicyConfig:
+        if self.baseline == "loo" and self.samples < 2:
+            raise ValueError("baseline 'loo' averages the other samples of a window: it needs samples >= 2")
+        return self
+
 
 class EarlyStopConfig(_Section):
     metric: str = "auc"

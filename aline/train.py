@@ -7,7 +7,7 @@ errors to exit codes (0 success, 2 invalid config or data, 1 failure during trai
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +30,6 @@ from aline.model import build_model
 from aline.scoring import binary_scores
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
-log = logging.getLogger("aline")
 
 
 @dataclass
@@ -89,8 +88,6 @@ def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
         refs["post_mse_floor"] = float((val.sigma.astype("float64") ** 2).mean())
     meta_path = cfg.data.meta_path
     if meta_path.is_file():
-        import json
-
         split = json.loads(meta_path.read_text()).get("splits", {}).get("val", {})
         for key in ("logreg_auc", "best_fixed_share"):
             if isinstance(split.get(key), (int, float)):
@@ -260,8 +257,6 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
-    import json
-
     try:
         return json.loads((run_dir / contract.STATUS_FILE).read_text())
     except (OSError, ValueError):

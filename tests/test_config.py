@@ -85,6 +85,8 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_cross_field_checks() -> None:
     assert "divisible" in _problems(["model.d_model=30", "model.heads=4"])
     assert "unknown metric 'acc'" in _problems(["checkpoint.metric=acc"])
+    assert "samples >= 2" in _problems(["policy.samples=1"])
+    assert load_config(None, ["policy.samples=1", "policy.baseline=batch_mean"]).policy.samples == 1
 
 
 def test_malformed_override_and_file_problems(tmp_path: Path) -> None:
