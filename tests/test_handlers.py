@@ -601,7 +601,7 @@ def test_last_checkpoint_resume_gives_the_same_numbers_as_never_stopping(tmp_pat
 
 def test_last_checkpoint_keeps_the_last_epoch_boundary_on_failure(tmp_path):
     model = torch.nn.Linear(2, 1)
-    bias0 = float(model.bias)
+    bias0 = float(model.bias.detach())
 
     def step(engine, batch):
         with torch.no_grad():
@@ -626,7 +626,7 @@ def test_last_checkpoint_keeps_the_last_epoch_boundary_on_failure(tmp_path):
 
 def test_run_stopped_in_its_first_epoch_is_resumable_from_the_start(tmp_path):
     model = torch.nn.Linear(2, 1)
-    bias0 = float(model.bias)
+    bias0 = float(model.bias.detach())
 
     def step(engine, batch):
         with torch.no_grad():
