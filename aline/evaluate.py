@@ -23,7 +23,7 @@ import numpy as np
 from aline import contract, scoring
 from aline.config import ConfigError
 from aline.data import DataError, RawSplit, read_split
-from aline.predict import Prediction, Predictor, RunError, load
+from aline.predict import Prediction, Predictor, RunError, load, positive_int
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 FIXED_SCHEDULE = (8, 12, 20)  # the "ask at breakfast, lunch and dinner" schedule a clinic might use
@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="windows per forward pass (default: trainer.eval_batch_size)",
     )
@@ -528,8 +528,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.batch_size is not None and args.batch_size < 1:
-            raise RunError(f"--batch-size must be >= 1, got {args.batch_size}")
         result = evaluate(
             args.run,
             args.split,

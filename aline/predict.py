@@ -48,6 +48,14 @@ class RunError(ValueError):
     """A run folder or checkpoint that cannot be used; ``str(err)`` names the file and what is wrong."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts such as ``--batch-size`` (argparse reports the error, exit code 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 # --- locating and loading the pieces of a run ---------------------------------------------------------
 
 
@@ -369,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="windows per forward pass (default: the run's trainer.eval_batch_size)",
     )
@@ -379,8 +387,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.batch_size is not None and args.batch_size < 1:
-            raise RunError(f"--batch-size must be >= 1, got {args.batch_size}")
         predictor = load(args.run, checkpoint=args.checkpoint, batch_size=args.batch_size)
         prediction = predictor.predict(args.input)
         frame = prediction.to_frame()

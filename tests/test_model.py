@@ -9,14 +9,7 @@ import torch
 from aline.config import Config, load_config
 from aline.model import AlineModel, AlineOutput, build_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: a second OpenMP thread only adds spin-waiting on the shared, busy CI cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(b: int = 6, f: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
