@@ -60,20 +60,25 @@ HOURS = 24
 ORACLE_KEYS = ("auc", "brier", "ece", "pr_auc", "post_mse_floor", "logreg_auc", "best_fixed_share")
 
 
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write JSON so that a concurrent reader sees either the old or the new file, never half of one."""
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace a file so that a concurrent reader sees either the old or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_finite(payload), fh, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write JSON atomically (see :func:`write_text_atomic`); NaN and inf become null."""
+    text = json.dumps(_finite(payload), indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+    write_text_atomic(path, text + "\n")
 
 
 def _finite(value: Any) -> Any:

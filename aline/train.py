@@ -187,8 +187,11 @@ def setup_run(cfg: Config, run_path: Path, splits: dict[str, RawSplit], *, resum
 
     if idist.get_rank() == 0:
         run_path.mkdir(parents=True, exist_ok=True)
+        # On resume too: the overrides (trainer.epochs=N) are part of what the run now is.
+        contract.write_text_atomic(
+            run_path / contract.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        )
         if not resume:
-            (run_path / contract.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             normalizer.save(norm_path)
     idist.barrier()
 

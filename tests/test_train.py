@@ -267,3 +267,19 @@ def test_cli_under_torchrun(tiny_data: Path, tmp_path: Path) -> None:
     assert status["state"] == "finished"
     assert len(val_rows(run)) == 1
     assert yaml.safe_load((run / contract.CONFIG_FILE).read_text())["dist"]["backend"] == "gloo"
+
+
+def test_resume_extends_a_finished_run_and_refuses_to_redo_it(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = train_mod.train(
+        tiny_config(tiny_data, tmp_path / "runs", "trainer.epochs=1"), announce=lambda _: None
+    )
+    run = first.run_dir
+    assert train_mod.main(["--resume", str(run)]) == train_mod.EXIT_INVALID  # nothing left to do
+    assert "extend it with trainer.epochs=N" in capsys.readouterr().err
+    assert train_mod.main(["--resume", str(run), "trainer.epochs=2"]) == train_mod.EXIT_OK
+    status = json.loads((run / contract.STATUS_FILE).read_text())
+    assert status["state"] == "finished" and status["epoch"] == 2
+    assert [int(r["epoch"]) for r in val_rows(run)] == [1, 2]
+    assert load_config(run / contract.CONFIG_FILE).trainer.epochs == 2  # config.yaml says what the run did
