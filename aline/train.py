@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -245,6 +246,9 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
     if spawn and backend is None:
         raise ConfigError("dist.nproc_per_node > 1 needs dist.backend (gloo on CPU, nccl on GPU)")
     resolved: list[str] = []
+    if spawn is None and backend is None:
+        # One plain process: the launcher's "Run ... in 1 processes" lines say nothing to the user.
+        logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
     with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
         parallel.run(_training, cfg, str(run_dir), resume is not None, splits, resolved)
     # Spawned children broadcast this process's name; under torchrun rank 0's name replaces ours.
