@@ -6,12 +6,14 @@ disagree by editing this one module. See ``shared/design.md`` ("The run folder")
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from aline.scoring import ECE_BINS  # noqa: F401  (re-exported: one definition of the bin count)
 
@@ -60,19 +62,26 @@ HOURS = 24
 ORACLE_KEYS = ("auc", "brier", "ece", "pr_auc", "post_mse_floor", "logreg_auc", "best_fixed_share")
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace a file so that a concurrent reader sees either the old or the new one, never half of one."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Write a temporary file beside ``path`` and rename it over ``path`` only once it is complete, so a
+    concurrent reader (or a crash) sees either the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_write(path) as fh:
+        fh.write(text)
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:

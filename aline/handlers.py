@@ -31,7 +31,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -69,6 +68,7 @@ from aline.contract import (
     TOPK_HEADER,
     TRAIN_METRICS,
     VAL_METRICS,
+    atomic_write,
     write_json_atomic,
 )
 from aline.scoring import CalibrationTable
@@ -568,16 +568,8 @@ class LastCheckpoint:
             return
         payload = self.state()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.path, "wb") as fh:
+            torch.save(payload, fh)
 
 
 def last_checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
