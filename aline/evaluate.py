@@ -24,6 +24,7 @@ from aline import contract, scoring
 from aline.config import ConfigError
 from aline.data import DataError, RawSplit, read_split
 from aline.predict import Prediction, Predictor, RunError, load, positive_int
+from aline.scoring import best_fixed_hours, oracle_value
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 FIXED_SCHEDULE = (8, 12, 20)  # the "ask at breakfast, lunch and dinner" schedule a clinic might use
@@ -50,11 +51,6 @@ __all__ = [
 # --- policy values (NumPy, per window) -----------------------------------------------------------------
 
 
-def oracle_value(query_value: np.ndarray, k: int) -> np.ndarray:
-    """Query value of each window's own best k hours. ``[N, 24] -> [N]``"""
-    return np.sort(query_value, axis=1)[:, -k:].sum(axis=1)
-
-
 def chosen_value(query_value: np.ndarray, hours: np.ndarray) -> np.ndarray:
     """Query value of the chosen hours: ``hours`` [N, k] per window, or [k] for every window. ``-> [N]``"""
     hours = np.asarray(hours, dtype=np.int64)
@@ -70,15 +66,6 @@ def random_value(query_value: np.ndarray, k: int) -> np.ndarray:
     baseline carries no sampling noise and needs no seed. ``[N, 24] -> [N]``
     """
     return k * query_value.mean(axis=1)
-
-
-def best_fixed_hours(train_query_value: np.ndarray, k: int) -> np.ndarray:
-    """The k hours (same for every window) with the most total query value on train, ascending. ``[k]``
-
-    The total of a fixed set is the sum of its hours' totals, so the best set is simply the top-k hours.
-    """
-    totals = train_query_value.astype(np.float64).sum(axis=0)  # [24]
-    return np.sort(np.argsort(-totals, kind="stable")[:k])
 
 
 def policy_shares(

@@ -2,7 +2,8 @@
 
 Kept free of torch so that the simulator (which must start fast) can use it. AUC and PR AUC come from
 scikit-learn; this module adds what scikit-learn lacks: uniform-bin calibration tables, ECE and the
-Murphy decomposition of the Brier score.
+Murphy decomposition of the Brier score; and the two query-value references that the simulator's meta
+file and the evaluation must compute identically (the per-window oracle and the best fixed hours).
 """
 
 from __future__ import annotations
@@ -104,3 +105,17 @@ def pr_auc(p: np.ndarray, y: np.ndarray) -> float:
 def binary_scores(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict[str, float]:
     """The forecast figures this project reports everywhere, under the metrics.csv names."""
     return {"auc": auc(p, y), "pr_auc": pr_auc(p, y), "brier": brier(p, y), "ece": ece(p, y, bins)}
+
+
+def oracle_value(query_value: np.ndarray, k: int) -> np.ndarray:
+    """Query value of each window's own best k hours. ``[N, 24] -> [N]``"""
+    return np.sort(query_value, axis=1)[:, -k:].sum(axis=1)
+
+
+def best_fixed_hours(train_query_value: np.ndarray, k: int) -> np.ndarray:
+    """The k hours (same for every window) with the most total query value on train, ascending. ``[k]``
+
+    The total of a fixed set is the sum of its hours' totals, so the best set is simply the top-k hours.
+    """
+    totals = train_query_value.astype(np.float64).sum(axis=0)  # [24]
+    return np.sort(np.argsort(-totals, kind="stable")[:k])

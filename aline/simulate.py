@@ -43,6 +43,7 @@ import numpy as np
 
 from aline.config import DEFAULT_FEATURES, DEFAULT_LATENTS, SPLITS
 from aline.kalman import smooth
+from aline.scoring import best_fixed_hours, binary_scores, oracle_value
 
 PREFIX = "synthetic_migraine"
 T = 24
@@ -482,8 +483,6 @@ def logreg_baseline(sim: dict[str, Any], split_rows: dict[str, np.ndarray]) -> d
     """Logistic regression on flattened train windows: standardised, mean-imputed, plus missing masks."""
     from sklearn.linear_model import LogisticRegression
 
-    from aline.scoring import binary_scores
-
     xtr = _flat_features(sim, split_rows["train"])
     seen = ~np.isnan(xtr)
     count = np.maximum(seen.sum(0), 1)  # a diary hour may never be logged in a small train split
@@ -506,11 +505,6 @@ def logreg_baseline(sim: dict[str, Any], split_rows: dict[str, np.ndarray]) -> d
         p = model.predict_proba(prep(_flat_features(sim, rows)))[:, 1]
         out["splits"][split] = binary_scores(p, sim["y_next"][rows])
     return out
-
-
-def _oracle_top_k(qv: np.ndarray, k: int = BEST_K) -> np.ndarray:
-    """Per window, the summed query value of its k best hours [n]."""
-    return np.sort(qv, axis=1)[:, -k:].sum(1)
 
 
 # --- files -------------------------------------------------------------------------------------------------
@@ -641,8 +635,7 @@ def split_subjects(subjects: int, val_frac: float, test_frac: float, seed: int) 
 def _import_reference_libraries() -> None:
     import pyarrow.csv  # noqa: F401
     import sklearn.linear_model  # noqa: F401
-
-    import aline.scoring  # noqa: F401
+    import sklearn.metrics  # noqa: F401
 
 
 def simulate(
@@ -695,8 +688,7 @@ def _simulate(subjects, days, seed, out_dir, val_frac, test_frac, progress) -> d
 
     qv = sim["query_value"]
     train_rows = split_rows["train"]
-    # Same rule as aline.evaluate.best_fixed_hours: the k hours with the largest train totals.
-    best_hours = np.sort(np.argsort(-qv[train_rows].sum(0), kind="stable")[:BEST_K])
+    best_hours = best_fixed_hours(qv[train_rows], BEST_K)
     logreg = logreg_baseline(sim, split_rows) if len(np.unique(sim["y_next"][train_rows])) == 2 else None
     tick("reference figures (oracle, logistic regression, best fixed hours) done")
     flags = trigger_flags(sim)
@@ -726,15 +718,13 @@ def _split_figures(
     sim: dict[str, Any], rows: np.ndarray, n_subjects: int, best_hours: np.ndarray, logreg: dict | None
 ) -> dict[str, Any]:
     """Oracle and baseline figures of one split, every one computed from the values written to its CSV."""
-    from aline.scoring import binary_scores
-
     out: dict[str, Any] = {"subjects": n_subjects, "n_windows": int(len(rows)), "n_rows": int(len(rows) * T)}
     if not len(rows):  # an empty split (e.g. --val-frac 0) has no figures
         return out
     y = sim["y_next"][rows]
     qv = sim["query_value"][rows]  # [n, 24]
     var = sim["post_std"][rows] ** 2  # [n, 24, Z]
-    oracle_q = _oracle_top_k(qv).sum()
+    oracle_q = oracle_value(qv, BEST_K).sum()
     out.update(
         {
             "base_rate": float(y.mean()),
