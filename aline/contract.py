@@ -17,6 +17,9 @@ from typing import IO, Any
 
 from aline.scoring import ECE_BINS  # noqa: F401  (re-exported: one definition of the bin count)
 
+# --- exit codes of the command-line tools (train, evaluate, predict) -------------------------------------
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2  # invalid = bad config, data, run folder or checkpoint
+
 # --- files inside runs/<run>/ -------------------------------------------------------------------------
 CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"

@@ -22,11 +22,11 @@ import numpy as np
 
 from aline import contract, scoring
 from aline.config import ConfigError
+from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, read_split
 from aline.predict import Prediction, Predictor, RunError, load, positive_int
 from aline.scoring import best_fixed_hours, oracle_value
 
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 FIXED_SCHEDULE = (8, 12, 20)  # the "ask at breakfast, lunch and dinner" schedule a clinic might use
 COVERAGE_LEVEL = 0.90
 POLICY_NAMES = ("trained", "random", "fixed_schedule", "best_fixed", "uncertainty", "oracle")

@@ -251,8 +251,8 @@ class Brier(BinaryMetric):
         return scoring.brier(p, y)
 
 
-class ECE(BinaryMetric):
-    """Expected calibration error over ``bins`` uniform bins (count-weighted |frac_pos − mean_pred|)."""
+class _BinnedMetric(BinaryMetric):
+    """A binary metric computed over ``bins`` uniform probability bins."""
 
     def __init__(
         self,
@@ -262,22 +262,17 @@ class ECE(BinaryMetric):
     ) -> None:
         self.bins = int(bins)
         super().__init__(output_transform=output_transform, device=device)
+
+
+class ECE(_BinnedMetric):
+    """Expected calibration error over ``bins`` uniform bins (count-weighted |frac_pos − mean_pred|)."""
 
     def score(self, p: np.ndarray, y: np.ndarray) -> float:
         return scoring.ece(p, y, self.bins)
 
 
-class CalibrationTable(BinaryMetric):
+class CalibrationTable(_BinnedMetric):
     """The reliability table over ``bins`` uniform bins, as :class:`aline.scoring.CalibrationTable`."""
-
-    def __init__(
-        self,
-        bins: int = scoring.ECE_BINS,
-        output_transform: Transform = _identity,
-        device: Device = "cpu",
-    ) -> None:
-        self.bins = int(bins)
-        super().__init__(output_transform=output_transform, device=device)
 
     def score(self, p: np.ndarray, y: np.ndarray) -> scoring.CalibrationTable:
         return scoring.calibration_table(p, y, self.bins)

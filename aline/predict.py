@@ -38,7 +38,8 @@ from aline.model import AlineModel, build_model
 if TYPE_CHECKING:
     import pandas as pd
 
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
+
 DEFAULT_BATCH_SIZE = 1024
 
 __all__ = ["Prediction", "Predictor", "RunError", "find_checkpoint", "load", "load_state_dict", "main"]

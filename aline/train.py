@@ -24,13 +24,12 @@ from torch.utils.data import DataLoader
 
 from aline import contract
 from aline.config import SPLITS, Config, ConfigError, load_config
+from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, Normalizer, RawSplit, WindowDataset, load_splits
 from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
 from aline.handlers import RunHandlers, install_sigterm_handler
 from aline.model import build_model
 from aline.scoring import binary_scores
-
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
 
 @dataclass
