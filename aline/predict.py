@@ -31,14 +31,13 @@ import torch
 
 from aline import contract
 from aline.config import Config, ConfigError, load_config
+from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, Normalizer, RawSplit, read_split
 from aline.losses import select_topk_hours, uncertainty_reward
 from aline.model import AlineModel, build_model
 
 if TYPE_CHECKING:
     import pandas as pd
-
-from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 
 DEFAULT_BATCH_SIZE = 1024
 
