@@ -38,6 +38,15 @@ STATE_FINISHED = "finished"
 STATE_FAILED = "failed"
 STATE_STOPPED = "stopped"
 STATES = (STATE_RUNNING, STATE_FINISHED, STATE_FAILED, STATE_STOPPED)
+# Never written: a run whose status.json says "running" but whose owner is gone (its process died, or its
+# heartbeat went stale) is *shown* as interrupted by the trainer's --resume and by the monitor.
+STATE_INTERRUPTED = "interrupted"
+DISPLAY_STATES = (*STATES, STATE_INTERRUPTED)
+# status.json carries "host", "pid" and "heartbeat" (UTC ISO) while running; the owner refreshes the
+# heartbeat every HEARTBEAT_INTERVAL_S. A heartbeat older than HEARTBEAT_STALE_S means the owner is gone,
+# also when the reader is on another machine and cannot ask about the pid.
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_STALE_S = 30.0
 
 # --- metrics.csv ----------------------------------------------------------------------------------------
 SPLIT_TRAIN = "train"
@@ -62,7 +71,18 @@ TOPK_HEADER = ("epoch", "hour", "frequency")
 HOURS = 24
 
 # --- oracle references stored in status.json["oracle"] (from the simulator's meta file) -----------------
-ORACLE_KEYS = ("auc", "brier", "ece", "pr_auc", "post_mse_floor", "logreg_auc", "best_fixed_share")
+ORACLE_KEYS = (
+    "auc",
+    "brier",
+    "ece",
+    "pr_auc",
+    "post_mse_floor",
+    "logreg_auc",
+    "best_fixed_share",  # policy_value of the best fixed k hours (chosen on train)
+    "random_share",  # policy_value of k random askable hours
+    "auc_asked",  # exact-Bayes AUC after the oracle's k answers
+    "brier_asked",  # exact-Bayes Brier after the oracle's k answers
+)
 
 
 @contextlib.contextmanager
@@ -111,3 +131,40 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def display_state(status: dict[str, Any], *, now: float | None = None, this_host: str | None = None) -> str:
+    """The state to show for a run: status.json's own, except that a "running" run whose owner is gone is
+    ``STATE_INTERRUPTED``. The owner is gone when its heartbeat is older than ``HEARTBEAT_STALE_S`` or,
+    on the owner's own host, when its pid no longer exists (another host cannot ask about a pid, so there
+    the heartbeat alone decides)."""
+    import socket
+    import time
+    from datetime import datetime
+
+    state = status.get("state")
+    if state != STATE_RUNNING:
+        return state
+    now = time.time() if now is None else now
+    beat = status.get("heartbeat") or status.get("updated")
+    try:
+        beat_s = datetime.fromisoformat(str(beat).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        beat_s = None
+    if beat_s is not None and now - beat_s > HEARTBEAT_STALE_S:
+        return STATE_INTERRUPTED
+    host = status.get("host")
+    pid = status.get("pid")
+    if host and host == (this_host or socket.gethostname()) and isinstance(pid, int) and not _pid_alive(pid):
+        return STATE_INTERRUPTED
+    return STATE_RUNNING
