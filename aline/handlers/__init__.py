@@ -1,0 +1,222 @@
+"""Ignite handlers that turn a training run into the run folder of ``shared/design.md``.
+
+One job: everything the trainer does *around* its steps — CSV logs, ``status.json``, checkpoints and resume,
+early stopping, NaN termination, LR schedules, console/file logging and optional W&B. Each piece is a small
+object plus an ``attach_*`` function; ``aline.engine`` / ``aline.train`` decide which ones to attach.
+
+Rank discipline: every object that writes a file checks ``idist.get_rank() == 0`` itself and is inert on the
+other ranks, so the caller may build and attach the same handlers on every process. Handlers that change the
+run (early stopping, LR schedule, best-checkpoint bookkeeping) run on every rank and see the same,
+already-gathered validation metrics, so all ranks take the same decisions.
+
+Ordering rules for the caller (ignite runs the handlers of one event in the order they were added):
+
+* attach the metrics to the trainer/evaluator *before* these handlers, so that ``state.metrics`` is already
+  computed when a handler reads it;
+* attach the validation run (``trainer`` EPOCH_COMPLETED → ``evaluator.run``) *before*
+  :func:`attach_last_checkpoint`, so that ``last.pt`` holds the state after this epoch's validation
+  (early stopping, plateau scheduler, best checkpoints) — which is what makes a resumed run exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, EarlyStopping
+
+from aline.config import Config
+from aline.contract import CALIBRATION_FILE, METRICS_FILE, STATUS_FILE, TOPK_FILE
+from aline.handlers.checkpoints import (
+    LastCheckpoint,
+    RNGState,
+    attach_best_checkpoint,
+    attach_last_checkpoint,
+    last_checkpoint_path,
+    metric_score,
+    resume_from,
+    score_sign,
+    weights_only_safe,
+)
+from aline.handlers.common import LOGGER_NAME, WANDB_MISSING, _is_writer
+from aline.handlers.logs import (
+    AppendCSV,
+    CalibrationCSV,
+    MetricsCSV,
+    TopkCSV,
+    attach_epoch_summary,
+    attach_metrics_csv,
+    attach_validation_tables,
+    attach_wandb,
+    format_epoch_summary,
+    setup_logging,
+)
+from aline.handlers.schedules import LRSchedule, attach_early_stopping, build_lr_scheduler
+from aline.handlers.status import (
+    RunStatus,
+    SigtermInterrupt,
+    attach_status,
+    attach_terminate_on_nan,
+    install_sigterm_handler,
+    utc_now,
+)
+
+# --- everything, in the right order -----------------------------------------------------------------------
+
+
+@dataclass
+class RunHandlers:
+    """What :func:`attach_all` attached; ``to_save`` is exactly what ``last.pt`` holds."""
+
+    logger: logging.Logger
+    status: RunStatus
+    metrics_csv: MetricsCSV
+    calibration_csv: CalibrationCSV
+    topk_csv: TopkCSV
+    lr_schedule: LRSchedule
+    early_stopping: EarlyStopping | None
+    best_checkpoint: Checkpoint
+    last_checkpoint: LastCheckpoint
+    to_save: dict[str, Any]
+    wandb: Any = None
+    resumed_from: Path | None = None
+
+
+def attach_all(
+    cfg: Config,
+    run_dir: str | os.PathLike[str],
+    *,
+    trainer: Engine,
+    evaluator: Engine,
+    val_loader: Iterable[Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch_length: int,
+    oracle: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    plateau_metric: str = "loss",
+) -> RunHandlers:
+    """Attach validation and every handler of this module in the order they need; resume when asked.
+
+    Call on every rank, after the trainer's and the evaluator's metrics are attached and before
+    ``trainer.run``. With ``resume``, ``run_dir/checkpoints/last.pt`` is loaded into the model, optimiser,
+    trainer and handlers (``early_stopping`` may be absent from it: then it starts afresh).
+    """
+    run_dir = Path(run_dir)
+    logger = setup_logging(run_dir)
+    status = RunStatus(run_dir / STATUS_FILE, oracle)
+    metrics_csv = MetricsCSV(run_dir / METRICS_FILE)
+    calibration_csv = CalibrationCSV(run_dir / CALIBRATION_FILE)
+    topk_csv = TopkCSV(run_dir / TOPK_FILE)
+
+    attach_terminate_on_nan(trainer)
+    # Before validation, so that an epoch's last train row precedes its val row in time and in the file.
+    attach_metrics_csv(trainer, evaluator, metrics_csv, cfg.trainer.log_every)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
+    attach_validation_tables(trainer, evaluator, calibration_csv, topk_csv)
+    schedule = build_lr_scheduler(
+        trainer,
+        evaluator,
+        optimizer,
+        cfg.sched,
+        cfg.optim.lr,
+        epoch_length,
+        cfg.trainer.epochs,
+        metric=plateau_metric,
+    )
+    early = attach_early_stopping(trainer, evaluator, cfg.early_stop)
+    best = attach_best_checkpoint(
+        trainer, evaluator, run_dir, model, cfg.checkpoint.metric, cfg.checkpoint.n_saved, status
+    )
+    attach_epoch_summary(trainer, evaluator, logger)
+    to_save: dict[str, Any] = {
+        "model": model,
+        "optimizer": optimizer,
+        "lr_scheduler": schedule,
+        "trainer": trainer,
+        "best_checkpoint": best,
+        "rng": RNGState(),
+    }
+    if early is not None:
+        to_save["early_stopping"] = early
+    last = LastCheckpoint(last_checkpoint_path(run_dir), to_save)
+    attach_last_checkpoint(trainer, last)  # after validation: last.pt holds this epoch's decisions
+    wb = attach_wandb(trainer, evaluator, cfg, run_dir)
+    cleanup: list[Callable[[], Any]] = [metrics_csv.close, calibration_csv.close, topk_csv.close]
+    if wb is not None:
+        cleanup.append(wb.close)
+    attach_status(trainer, status, last, cleanup)
+    if cfg.logging.progress and _is_writer():
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=False).attach(trainer, metric_names=["loss"])
+
+    resumed_from = None
+    if resume:
+        resumed_from = last_checkpoint_path(run_dir)
+        to_load = dict(to_save)
+        if early is not None:
+            saved_keys = torch.load(resumed_from, map_location="cpu", weights_only=True).keys()
+            if "early_stopping" not in saved_keys:
+                logger.warning("%s has no early-stopping state: early stopping starts afresh", resumed_from)
+                del to_load["early_stopping"]
+        resume_from(resumed_from, to_load)
+        logger.info(
+            "resumed %s at epoch %d, iteration %d", run_dir, trainer.state.epoch, trainer.state.iteration
+        )
+    return RunHandlers(
+        logger,
+        status,
+        metrics_csv,
+        calibration_csv,
+        topk_csv,
+        schedule,
+        early,
+        best,
+        last,
+        to_save,
+        wb,
+        resumed_from,
+    )
+
+
+__all__ = [
+    "RunHandlers",
+    "attach_all",
+    "AppendCSV",
+    "CalibrationCSV",
+    "LRSchedule",
+    "LastCheckpoint",
+    "MetricsCSV",
+    "RNGState",
+    "RunStatus",
+    "SigtermInterrupt",
+    "TopkCSV",
+    "attach_best_checkpoint",
+    "attach_early_stopping",
+    "attach_epoch_summary",
+    "attach_last_checkpoint",
+    "attach_metrics_csv",
+    "attach_status",
+    "attach_terminate_on_nan",
+    "attach_validation_tables",
+    "attach_wandb",
+    "last_checkpoint_path",
+    "build_lr_scheduler",
+    "format_epoch_summary",
+    "install_sigterm_handler",
+    "metric_score",
+    "resume_from",
+    "setup_logging",
+    "utc_now",
+    "weights_only_safe",
+    "score_sign",
+    "LOGGER_NAME",
+    "WANDB_MISSING",
+]
