@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_DATA_DIR = "data"
 DEFAULT_FEATURES = (
@@ -107,6 +107,14 @@ class OptimConfig(_Section):
     # The prediction head (w, b: five numbers fitted to noisy labels) needs far larger steps than the
     # encoder; with the shared lr it was still far from calibrated after the encoder had converged.
     head_lr_mult: float = Field(20.0, gt=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        # torch.optim.AdamW checks this only when it is built, inside the run: a failure there exits 1.
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError("each beta must be in [0, 1)")
+        return betas
 
 
 class SchedConfig(_Section):

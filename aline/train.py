@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, Normalizer, RawSplit, WindowDataset, load_splits
 from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
-from aline.handlers import RunHandlers, install_sigterm_handler
+from aline.handlers import CheckpointError, RunHandlers, install_sigterm_handler
 from aline.model import build_model
+from aline.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 from aline.scoring import binary_scores
 
 
@@ -98,9 +99,48 @@ def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
 # --- the run folder ------------------------------------------------------------------------------------
 
 
-def new_run_dir(cfg: Config) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path(cfg.run.dir) / f"{stamp}-{cfg.run.name}"
+def _record_fault(run_dir: Path, reason: str) -> None:
+    """A fault found before training (a bad checkpoint): status.json failed with it, and train.log."""
+    from aline.handlers import RunStatus
+
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")  # the format of the trainer's own log lines
+    with (run_dir / contract.LOG_FILE).open("a", encoding="utf-8") as log:
+        log.write(f"{stamp} ERROR cannot resume: {reason}\n")  # the console gets it once, from main()
+    RunStatus(run_dir / contract.STATUS_FILE).failed(reason)
+
+
+def _claim_for_resume(run_dir: Path, announce) -> RunOwner:
+    """Lock ``run_dir`` for this process; OwnershipError if its owner is alive, CheckpointError if its
+    checkpoints are unusable (then status.json and train.log say so)."""
+    from aline.handlers import CheckpointError, check_resumable
+
+    status = _read_status(run_dir)
+    shown = contract.display_state(status)
+    if shown == contract.STATE_RUNNING:  # also covers a trainer too old to hold the lock file
+        raise OwnershipError(
+            f"--resume {run_dir}: the run is still being trained by pid {status.get('pid')} on host "
+            f"{status.get('host', '?')} (last heartbeat {status.get('heartbeat') or status.get('updated')}); "
+            "stop that process first"
+        )
+    owner = RunOwner(run_dir).acquire()
+    try:
+        if shown == contract.STATE_INTERRUPTED:
+            announce(
+                f"{run_dir} was interrupted: its owner (pid {status.get('pid')} on host "
+                f"{status.get('host', '?')}) is gone; last heartbeat "
+                f"{status.get('heartbeat') or status.get('updated')}. Resuming from its last checkpoint."
+            )
+        for tmp in owner.remove_leftovers():
+            announce(f"removed {tmp}, a temporary file left by an interrupted write")
+        try:
+            check_resumable(run_dir)
+        except CheckpointError as err:
+            _record_fault(run_dir, str(err))
+            raise
+    except BaseException:
+        owner.release()
+        raise
+    return owner
 
 
 def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
@@ -236,20 +276,53 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
 
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError(WANDB_MISSING)
+    _launch_plan(cfg)
+    if resume is None:
+        check_runs_root(cfg.run.dir)  # before any work, and without creating anything
     splits = prepare_data(cfg, announce=announce)
-    run_dir = Path(resume) if resume is not None else new_run_dir(cfg)
+    # Under torchrun every process runs this; rank 0 owns the folder and broadcasts its name.
+    leader = int(os.environ.get("RANK", "0")) == 0
+    owner: RunOwner | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        owner = _claim_for_resume(run_dir, announce) if leader else None
+    elif leader:
+        run_dir = create_run_dir(cfg.run.dir, cfg.run.name)
+        owner = RunOwner(run_dir).acquire()
+    else:
+        run_dir = Path(cfg.run.dir) / "(named by rank 0)"
+    try:
+        return _train_in(cfg, run_dir, resume is not None, splits)
+    except CheckpointError as err:
+        if leader:
+            _record_fault(run_dir, str(err))
+        raise
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def _launch_plan(cfg: Config) -> tuple[str | None, int | None]:
+    """(backend, processes to spawn) for idist.Parallel; ConfigError before anything is created."""
     backend = cfg.dist.backend
     if backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     spawn = cfg.dist.nproc_per_node if cfg.dist.nproc_per_node > 1 else None
     if spawn and backend is None:
         raise ConfigError("dist.nproc_per_node > 1 needs dist.backend (gloo on CPU, nccl on GPU)")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
+    return backend, spawn
+
+
+def _train_in(cfg: Config, run_dir: Path, resume: bool, splits: dict[str, RawSplit]) -> TrainResult:
+    backend, spawn = _launch_plan(cfg)
     resolved: list[str] = []
     if spawn is None and backend is None:
         # One plain process: the launcher's "Run ... in 1 processes" lines say nothing to the user.
         logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
     with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
-        parallel.run(_training, cfg, str(run_dir), resume is not None, splits, resolved)
+        parallel.run(_training, cfg, str(run_dir), resume, splits, resolved)
     # Spawned children broadcast this process's name; under torchrun rank 0's name replaces ours.
     run_dir = Path(resolved[0]) if resolved else run_dir
     status = _read_status(run_dir)
@@ -315,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load_config(args.config, args.overrides)
         result = train(cfg, resume=args.resume)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, OwnershipError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:

@@ -11,12 +11,22 @@ import sys
 from pathlib import Path
 
 import streamlit as st
+from streamlit import config as st_config
 
 from aline import contract as C
 from aline.charts import loss_figure, reliability_figure, topk_figures, val_metrics_figure
 from aline.runview import RunData, list_runs, metrics_csv_bytes, resolve_run, runs_root_from, summarize
 
 st.set_page_config(page_title="ALINE training monitor", layout="wide")
+# Run folders are private: if this server listens beyond this machine without anyone having asked for it
+# (an old Streamlit that ignored app/.streamlit/config.toml), show nothing. An explicit flag is a choice.
+if st.get_option("server.address") not in ("127.0.0.1", "localhost", "::1") and (
+    st_config.get_where_defined("server.address") == st_config.ConfigOption.DEFAULT_DEFINITION
+):
+    st.error(
+        "Refusing to serve run data on all interfaces: start with `aline-monitor`, or pass --server.address."
+    )
+    st.stop()
 ROOT: Path = runs_root_from(sys.argv[1:], os.environ)
 
 with st.sidebar:

@@ -34,12 +34,15 @@ from ignite.handlers import Checkpoint, EarlyStopping
 from aline.config import Config
 from aline.contract import CALIBRATION_FILE, METRICS_FILE, STATUS_FILE, TOPK_FILE
 from aline.handlers.checkpoints import (
+    CheckpointError,
     LastCheckpoint,
     RNGState,
     attach_best_checkpoint,
     attach_last_checkpoint,
+    check_resumable,
     last_checkpoint_path,
     metric_score,
+    read_checkpoint,
     resume_from,
     score_sign,
     weights_only_safe,
@@ -48,6 +51,7 @@ from aline.handlers.common import LOGGER_NAME, WANDB_MISSING, _is_writer
 from aline.handlers.logs import (
     AppendCSV,
     CalibrationCSV,
+    CSVLengths,
     MetricsCSV,
     TopkCSV,
     attach_epoch_summary,
@@ -59,6 +63,7 @@ from aline.handlers.logs import (
 )
 from aline.handlers.schedules import LRSchedule, attach_early_stopping, build_lr_scheduler
 from aline.handlers.status import (
+    DivergenceGuard,
     RunStatus,
     SigtermInterrupt,
     attach_status,
@@ -115,7 +120,8 @@ def attach_all(
     calibration_csv = CalibrationCSV(run_dir / CALIBRATION_FILE)
     topk_csv = TopkCSV(run_dir / TOPK_FILE)
 
-    attach_terminate_on_nan(trainer)
+    # The failing iteration's row goes to metrics.csv before the run ends, so the file shows the divergence.
+    attach_terminate_on_nan(trainer, model, on_diverge=metrics_csv.write_train_row)
     # Before validation, so that an epoch's last train row precedes its val row in time and in the file.
     attach_metrics_csv(trainer, evaluator, metrics_csv, cfg.trainer.log_every)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
@@ -145,6 +151,7 @@ def attach_all(
     }
     if early is not None:
         to_save["early_stopping"] = early
+    to_save["logs"] = CSVLengths([metrics_csv, calibration_csv, topk_csv])
     last = LastCheckpoint(last_checkpoint_path(run_dir), to_save)
     attach_last_checkpoint(trainer, last)  # after validation: last.pt holds this epoch's decisions
     wb = attach_wandb(trainer, evaluator, cfg, run_dir)
@@ -161,12 +168,16 @@ def attach_all(
     if resume:
         resumed_from = last_checkpoint_path(run_dir)
         to_load = dict(to_save)
-        if early is not None:
-            saved_keys = torch.load(resumed_from, map_location="cpu", weights_only=True).keys()
-            if "early_stopping" not in saved_keys:
-                logger.warning("%s has no early-stopping state: early stopping starts afresh", resumed_from)
-                del to_load["early_stopping"]
-        resume_from(resumed_from, to_load)
+        checkpoint = read_checkpoint(resumed_from)
+        optional = {
+            "early_stopping": "early stopping starts afresh",
+            "logs": "rows logged after it are kept (an older trainer wrote it)",
+        }
+        for key, consequence in optional.items():
+            if key in to_load and key not in checkpoint:
+                logger.warning("%s has no %s state: %s", resumed_from, key, consequence)
+                del to_load[key]
+        resume_from(resumed_from, to_load, checkpoint)
         logger.info(
             "resumed %s at epoch %d, iteration %d", run_dir, trainer.state.epoch, trainer.state.iteration
         )
@@ -216,6 +227,11 @@ __all__ = [
     "setup_logging",
     "utc_now",
     "weights_only_safe",
+    "CSVLengths",
+    "CheckpointError",
+    "DivergenceGuard",
+    "check_resumable",
+    "read_checkpoint",
     "score_sign",
     "LOGGER_NAME",
     "WANDB_MISSING",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
+import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -136,20 +139,85 @@ def attach_last_checkpoint(trainer: Engine, last: LastCheckpoint) -> None:
             last.save()
 
 
-def resume_from(last_pt: str | os.PathLike[str], to_load: Mapping[str, Any]) -> dict[str, Any]:
-    """Load ``last.pt`` (weights only) into the objects of ``to_load``; returns the raw checkpoint dict."""
-    path = Path(last_pt)
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: one line naming the file and what is wrong (exit 2)."""
+
+
+def _why_unreadable(err: BaseException, path: Path) -> str:
+    """What is wrong with a checkpoint, in our words: torch's own text ends with advice to load with
+    ``weights_only=False``, which would run whatever code the file holds, so it is never passed on."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:
+            return f"it holds pickled Python objects ({found.group(1)}) that a weights-only load refuses"
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as io_err:
+        return f"cannot read it ({io_err.strerror or type(io_err).__name__})"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one loses its directory
+        return "truncated or corrupt (not a complete torch checkpoint archive)"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"corrupt ({type(err).__name__}: {first.split('weights_only')[0].rstrip(' (,.')})"
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``, or a CheckpointError naming the file and the fault."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: {_why_unreadable(err, path)}") from None
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"{path}: not a checkpoint of this trainer (a {type(payload).__name__})")
+    return dict(payload)
+
+
+def best_checkpoint_files(run_dir: str | os.PathLike[str], checkpoint: Mapping[str, Any]) -> list[Path]:
+    """The best-checkpoint files that ``last.pt``'s best-checkpoint handler state says exist."""
+    saved = (checkpoint.get("best_checkpoint") or {}).get("_saved") or []
+    return [Path(run_dir) / CHECKPOINT_DIR / str(item[1]) for item in saved]
+
+
+def check_resumable(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``last.pt`` and every best checkpoint it names (weights only); CheckpointError on a bad one.
+
+    A best checkpoint deleted by hand is allowed (the run only loses that file); one that is there but
+    unreadable is not, since evaluation and prediction would later fail on it.
+    """
+    checkpoint = read_checkpoint(last_checkpoint_path(run_dir))
+    for best in best_checkpoint_files(run_dir, checkpoint):
+        if best.exists() and "model" not in read_checkpoint(best):
+            raise CheckpointError(f"{best}: no 'model' entry; not a best checkpoint of this trainer")
+    return checkpoint
+
+
+def resume_from(
+    last_pt: str | os.PathLike[str],
+    to_load: Mapping[str, Any],
+    checkpoint: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load ``last.pt`` (weights only) into the objects of ``to_load``; returns the raw checkpoint dict.
+
+    Every fault (unreadable file, missing entry, an entry that does not fit) is a :class:`CheckpointError`.
+    """
+    path = Path(last_pt)
+    checkpoint = dict(checkpoint) if checkpoint is not None else read_checkpoint(path)
     missing = [key for key in to_load if key not in checkpoint]
     if missing:
-        raise KeyError(
-            f"cannot resume from {path}: it has no entry for {', '.join(map(repr, missing))} "
+        raise CheckpointError(
+            f"{path}: cannot resume: it has no entry for {', '.join(map(repr, missing))} "
             f"(it holds {', '.join(map(repr, checkpoint))})"
         )
     for key, obj in to_load.items():
-        _unwrap(obj).load_state_dict(checkpoint[key])
+        try:
+            _unwrap(obj).load_state_dict(checkpoint[key])
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"{path}: entry {key!r} does not fit this run ({first})") from None
     return checkpoint
 
 

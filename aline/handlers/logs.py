@@ -133,6 +133,13 @@ class MetricsCSV(AppendCSV):
         if split == SPLIT_TRAIN:
             self.last_train_iteration = int(iteration)
 
+    def write_train_row(self, engine: Engine) -> None:
+        """The trainer's running averages now, once per iteration at most."""
+        # An epoch whose length is a multiple of `every` would otherwise log its last iteration twice.
+        if self.last_train_iteration == engine.state.iteration:
+            return
+        self.write_row(SPLIT_TRAIN, engine.state.epoch, engine.state.iteration, engine.state.metrics)
+
 
 def attach_metrics_csv(trainer: Engine, evaluator: Engine, csv_log: MetricsCSV, every: int) -> None:
     """Train rows every ``every`` iterations and at each epoch end; a val row after each evaluation."""
@@ -140,10 +147,7 @@ def attach_metrics_csv(trainer: Engine, evaluator: Engine, csv_log: MetricsCSV, 
         raise ValueError(f"every must be >= 1, got {every}")
 
     def train_row(engine: Engine) -> None:
-        # An epoch whose length is a multiple of `every` would otherwise log its last iteration twice.
-        if csv_log.last_train_iteration == engine.state.iteration:
-            return
-        csv_log.write_row(SPLIT_TRAIN, engine.state.epoch, engine.state.iteration, engine.state.metrics)
+        csv_log.write_train_row(engine)
 
     def val_row(engine: Engine) -> None:
         csv_log.write_row(SPLIT_VAL, trainer.state.epoch, trainer.state.iteration, engine.state.metrics)
@@ -186,6 +190,36 @@ class TopkCSV(AppendCSV):
         if freq.shape != (HOURS,):
             raise ValueError(f"{self.path}: top-k frequency must have shape ({HOURS},), got {freq.shape}")
         self._write_lines([[int(epoch), hour, _cell(freq[hour])] for hour in range(HOURS)])
+
+
+class CSVLengths:
+    """The byte length of each append-only CSV, as an entry of ``last.pt``: what makes logs exactly-once.
+
+    ``last.pt`` is written at epoch boundaries, after that epoch's rows. A run killed later (mid-epoch, or
+    between a CSV append and the checkpoint's rename) has rows past the checkpoint; on resume,
+    ``load_state_dict`` cuts each file back to its length at the checkpoint, so the replayed epoch is
+    written once. The files are open in append mode, so cutting them under an open handle is safe.
+    """
+
+    def __init__(self, files: Sequence[AppendCSV]) -> None:
+        self.files = list(files)
+
+    def state_dict(self) -> dict[str, int]:
+        return {f.path.name: f.path.stat().st_size for f in self.files if f.path.exists()}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        log = logging.getLogger(LOGGER_NAME)
+        for f in self.files:
+            if not _is_writer() or f.path.name not in state:
+                continue
+            want, have = int(state[f.path.name]), f.path.stat().st_size
+            if have > want:
+                os.truncate(f.path, want)
+                log.info(
+                    "%s: dropped %d bytes written after the checkpoint (replayed now)", f.path, have - want
+                )
+            elif have < want:
+                log.warning("%s is shorter than when last.pt was written (%d < %d bytes)", f.path, have, want)
 
 
 def attach_validation_tables(

@@ -9,16 +9,19 @@ import math
 import numbers
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import TerminateOnNan
 
 from aline.contract import (
+    HEARTBEAT_INTERVAL_S,
     STATE_FAILED,
     STATE_FINISHED,
     STATE_RUNNING,
@@ -38,9 +41,12 @@ def utc_now() -> str:
 
 
 class RunStatus:
-    """``status.json``, rewritten atomically on every change.
+    """``status.json``, rewritten atomically on every change; the one writer of that file.
 
-    Reopening the file of an earlier run (resume) keeps its ``started`` time and ``best`` entry.
+    Reopening the file of an earlier run (resume) keeps its ``started`` time and ``best`` entry. While the
+    run is running, a daemon thread refreshes ``heartbeat`` every ``HEARTBEAT_INTERVAL_S`` (with ``host``
+    and ``pid``, what ``contract.display_state`` needs to tell a live run from an interrupted one). Every
+    write, the heartbeat's included, holds one lock, so two writes never interleave.
     """
 
     def __init__(self, path: str | os.PathLike[str], oracle: Mapping[str, Any] | None = None) -> None:
@@ -53,7 +59,10 @@ class RunStatus:
                 previous = {}  # written atomically, so this means a foreign file: start afresh
         self.data: dict[str, Any] = {
             "state": STATE_RUNNING,
+            "run": self.path.parent.name,  # which folder this is (two same-named runs never share one)
+            "host": socket.gethostname(),
             "pid": os.getpid(),
+            "heartbeat": None,
             "started": previous.get("started") or utc_now(),
             "updated": None,
             "finished": None,
@@ -63,11 +72,44 @@ class RunStatus:
             "best": previous.get("best"),
             "oracle": dict(oracle) if oracle is not None else previous.get("oracle"),
         }
+        self._lock = threading.Lock()
+        self._stop_beat = threading.Event()
+        self._beat_thread: threading.Thread | None = None
 
     def _write(self) -> None:
-        self.data["updated"] = utc_now()
-        if _is_writer():
-            write_json_atomic(self.path, self.data)
+        with self._lock:
+            now = utc_now()
+            self.data["updated"] = now
+            if self.data["state"] == STATE_RUNNING:
+                self.data["heartbeat"] = now
+            if _is_writer():
+                write_json_atomic(self.path, self.data)
+
+    def beat(self) -> None:
+        """Refresh the heartbeat (only while running: a finished run has no owner to prove alive)."""
+        if self.data["state"] == STATE_RUNNING:
+            self._write()
+
+    def _start_heartbeat(self) -> None:
+        if self._beat_thread is not None or not _is_writer():
+            return
+        self._stop_beat.clear()
+
+        def loop() -> None:
+            while not self._stop_beat.wait(HEARTBEAT_INTERVAL_S):
+                try:
+                    self.beat()
+                except OSError as err:  # a full disk must not end the run from this thread
+                    logging.getLogger(LOGGER_NAME).warning("status heartbeat not written: %s", err)
+
+        self._beat_thread = threading.Thread(target=loop, name="aline-status-heartbeat", daemon=True)
+        self._beat_thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop_beat.set()
+        if self._beat_thread is not None and self._beat_thread is not threading.current_thread():
+            self._beat_thread.join(timeout=2 * HEARTBEAT_INTERVAL_S)
+        self._beat_thread = None
 
     def _progress(self, epoch: int | None, iteration: int | None) -> None:
         if epoch is not None:
@@ -83,6 +125,7 @@ class RunStatus:
             self.data["max_epochs"] = int(max_epochs)
         self._progress(epoch, iteration)
         self._write()
+        self._start_heartbeat()
 
     def progress(self, epoch: int, iteration: int) -> None:
         self._progress(epoch, iteration)
@@ -98,6 +141,7 @@ class RunStatus:
         self._write()
 
     def _end(self, state: str, epoch: int | None, iteration: int | None, reason: str | None) -> None:
+        self.stop_heartbeat()
         self.data.update(state=state, finished=utc_now())
         if reason is not None:
             self.data["reason"] = reason
@@ -118,15 +162,30 @@ class RunStatus:
         self._end(STATE_STOPPED, epoch, iteration, reason)
 
 
-def _nonfinite_output(output: Any) -> bool:
-    values = output.values() if isinstance(output, Mapping) else [output]
-    for v in values:
+_QUANTITY_NAMES = {"grad_norm": "gradient norm"}
+
+
+def _nonfinite_quantity(output: Any) -> str | None:
+    """The first non-finite quantity of a step's output (losses before the gradient norm), or None."""
+    if not isinstance(output, Mapping):
+        output = {"loss": output}
+    # The total loss first, then its parts, then anything else (grad_norm): name the root cause first.
+    order = sorted(output, key=lambda k: (k != "loss", not str(k).startswith("loss"), str(k)))
+    for key in order:
+        v = output[key]
         if isinstance(v, torch.Tensor):
-            if not bool(torch.isfinite(v.detach()).all()):
-                return True
-        elif isinstance(v, numbers.Real) and not math.isfinite(float(v)):
-            return True
-    return False
+            bad = not bool(torch.isfinite(v.detach()).all())
+        elif isinstance(v, numbers.Real):
+            bad = not math.isfinite(float(v))
+        else:
+            bad = False
+        if bad:
+            return _QUANTITY_NAMES.get(str(key), str(key))
+    return None
+
+
+def _nonfinite_output(output: Any) -> bool:
+    return _nonfinite_quantity(output) is not None
 
 
 def attach_status(
@@ -161,13 +220,13 @@ def attach_status(
         status.progress(engine.state.epoch, engine.state.iteration)
 
     def completed(engine: Engine) -> None:
-        nan_at = getattr(engine.state, "nan_iteration", None)
-        if nan_at is None and engine.should_terminate and _nonfinite_output(engine.state.output):
-            nan_at = engine.state.iteration
-        if nan_at is not None:
-            status.failed(
-                f"non-finite loss at iteration {nan_at}", engine.state.epoch, engine.state.iteration
-            )
+        reason = getattr(engine.state, "divergence", None)
+        if reason is None and engine.should_terminate:
+            what = _nonfinite_quantity(engine.state.output)  # a plain TerminateOnNan ended the run
+            if what is not None:
+                reason = f"non-finite {what} at iteration {engine.state.iteration}"
+        if reason is not None:
+            status.failed(reason, engine.state.epoch, engine.state.iteration)
         elif engine.should_terminate:
             status.finished(
                 engine.state.epoch,
@@ -212,17 +271,70 @@ def install_sigterm_handler() -> None:
         signal.signal(signal.SIGTERM, _raise)
 
 
-class _RecordingTerminateOnNan(TerminateOnNan):
-    """TerminateOnNan that also notes the iteration, so the status can say where the loss went bad."""
+class DivergenceGuard:
+    """Ends the run at the first iteration whose loss, gradient norm or parameters are not finite.
+
+    Says which quantity it was and where: ``engine.state.divergence`` holds the reason ("non-finite
+    gradient norm at iteration 37 (loss 8.1e+12)"), which :func:`attach_status` records, and the reason goes
+    to the log (``train.log``). ``on_diverge(engine)`` runs first (the caller logs the failing iteration's
+    metrics row there). With several processes the verdict is reduced over all of them, so every rank stops
+    at the same iteration; a rank that stopped alone would leave the others waiting in a collective.
+    """
+
+    def __init__(
+        self,
+        parameters: Iterable[tuple[str, torch.Tensor]] = (),
+        on_diverge: Callable[[Engine], Any] | None = None,
+    ) -> None:
+        self.parameters = list(parameters)
+        self.on_diverge = on_diverge
+
+    def _bad_parameter(self) -> str | None:
+        if not self.parameters:
+            return None
+        tensors = [p.detach() for _, p in self.parameters]
+        if bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):  # one sync in the usual case
+            return None
+        return next(
+            name for name, t in zip(self._names(), tensors, strict=True) if not torch.isfinite(t).all()
+        )
+
+    def _names(self) -> list[str]:
+        return [name for name, _ in self.parameters]
 
     def __call__(self, engine: Engine) -> None:
-        already = bool(engine.should_terminate)
-        super().__call__(engine)
-        if engine.should_terminate and not already:
-            engine.state.nan_iteration = engine.state.iteration
+        if getattr(engine.state, "divergence", None) is not None:
+            return
+        output = engine.state.output
+        what = _nonfinite_quantity(output)
+        if what is None:
+            param = self._bad_parameter()
+            what = None if param is None else f"parameter {param}"
+        bad = what is not None
+        if idist.get_world_size() > 1:
+            bad = bool(idist.all_reduce(torch.tensor([float(bad)]), op="MAX").item())
+            what = what or "value on another process"
+        if not bad:
+            return
+        reason = f"non-finite {what} at iteration {engine.state.iteration}"
+        loss = _number(output.get("loss")) if isinstance(output, Mapping) else None
+        if what != "loss" and loss is not None:
+            reason += f" (loss {loss:.3g})"
+        engine.state.divergence = reason
+        engine.state.nan_iteration = engine.state.iteration
+        if self.on_diverge is not None:
+            self.on_diverge(engine)
+        logging.getLogger(LOGGER_NAME).error("training diverged: %s", reason)
+        engine.terminate()
 
 
-def attach_terminate_on_nan(trainer: Engine) -> TerminateOnNan:
-    handler = _RecordingTerminateOnNan()
+def attach_terminate_on_nan(
+    trainer: Engine,
+    model: torch.nn.Module | None = None,
+    on_diverge: Callable[[Engine], Any] | None = None,
+) -> DivergenceGuard:
+    """Attach a :class:`DivergenceGuard` (parameters of ``model`` checked too, when given)."""
+    params = [] if model is None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    handler = DivergenceGuard(params, on_diverge)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, handler)
     return handler
