@@ -8,8 +8,9 @@ Used by tests/test_run_safety.py to stop a real training process at exact points
   (half the bytes are in the temporary file);
 * ``kill-after-calibration:E`` — SIGKILL right after epoch E's calibration rows (before topk_hours.csv
   and before ``last.pt``);
-* ``nan-gradient-at:N`` — at training step N the loss is scaled by 1e12 (finite) and its gradient is NaN;
-  after ``main`` returns, the names of live non-daemon threads are printed.
+* ``nan-gradient-at:N`` — at training step N the loss is scaled by 1e12 (finite) and its gradient is NaN.
+
+Then it runs the trainer's console entry point (``aline.train.cli``, or ``main`` in versions without it).
 
 Only public classes of ``aline.handlers`` / ``aline.engine`` are patched, so the same driver runs against
 older versions of the trainer.
@@ -21,7 +22,6 @@ import io
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -96,8 +96,7 @@ def install(hook: str) -> None:
 
 if __name__ == "__main__":
     install(sys.argv[1])
-    code = train_mod.main(sys.argv[2:])
-    sys.stderr.flush()
-    alive = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
-    print(f"main returned {code} at {time.time():.3f}; non-daemon threads: {alive}", flush=True)
-    sys.exit(code)
+    sys.argv = [sys.argv[0], *sys.argv[2:]]
+    if hasattr(train_mod, "cli"):
+        train_mod.cli()
+    sys.exit(train_mod.main())
