@@ -307,7 +307,8 @@ def test_corrupt_checkpoint_exits_2_naming_the_file(
 @pytest.mark.slow
 def test_divergence_names_the_gradient_logs_the_row_and_exits_promptly(data: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    proc = driver("nan-gradient-at:3", args(data, runs, "trainer.epochs=3"))
+    # log_every=20: iteration 3 gets a row only because it failed
+    proc = driver("nan-gradient-at:3", args(data, runs, "trainer.epochs=3", "trainer.log_every=20"))
     reported = None
     for line in proc.stderr:  # the console's last word, then the process must be gone within seconds
         if "ended failed" in line:

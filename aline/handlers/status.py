@@ -312,7 +312,7 @@ class DivergenceGuard:
             what = None if param is None else f"parameter {param}"
         bad = what is not None
         if idist.get_world_size() > 1:
-            bad = bool(idist.all_reduce(torch.tensor([float(bad)]), op="MAX").item())
+            bad = bool(idist.all_reduce(float(bad), op="MAX"))  # a number: ignite puts it on the right device
             what = what or "value on another process"
         if not bad:
             return
