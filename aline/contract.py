@@ -31,6 +31,8 @@ LAST_CHECKPOINT = "last.pt"
 NORMALIZER_FILE = "normalizer.json"
 LOG_FILE = "train.log"
 EVAL_DIR = "eval"
+# Held by the training process (aline.ownership): its host, pid and token; its mtime is the heartbeat.
+LOCK_FILE = "owner.lock"
 
 # --- status.json ----------------------------------------------------------------------------------------
 STATE_RUNNING = "running"

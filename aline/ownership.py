@@ -30,9 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aline.contract import HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S, _pid_alive
+from aline.contract import CHECKPOINT_DIR, HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S, LOCK_FILE, _pid_alive
 
-LOCK_FILE = "owner.lock"
 # Temporary files of contract.atomic_write (".<name>.<random>.tmp"): a killed writer leaves them behind.
 TMP_GLOB = ".*.tmp"
 
@@ -196,7 +195,7 @@ class RunOwner:
     def remove_leftovers(self) -> list[Path]:
         """Delete temporary files that killed writers left (only the owner may: no writer is live)."""
         removed = []
-        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+        for folder in (self.run_dir, self.run_dir / CHECKPOINT_DIR):
             for tmp in folder.glob(TMP_GLOB):
                 with contextlib.suppress(OSError):
                     tmp.unlink()

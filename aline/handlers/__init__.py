@@ -1,8 +1,10 @@
 """Ignite handlers that turn a training run into the run folder of ``shared/design.md``.
 
-One job: everything the trainer does *around* its steps — CSV logs, ``status.json``, checkpoints and resume,
-early stopping, NaN termination, LR schedules, console/file logging and optional W&B. Each piece is a small
-object plus an ``attach_*`` function; ``aline.engine`` / ``aline.train`` decide which ones to attach.
+Everything the trainer does *around* its steps, one module per job (``logs``: CSV files, logging, epoch
+summary, W&B; ``status``: status.json, heartbeat, SIGTERM, divergence; ``checkpoints``: last/best
+checkpoints, resume, RNG; ``schedules``: LR schedule, early stopping); this package re-exports them and
+:func:`attach_all` attaches them in order. Each piece is a small object plus an ``attach_*`` function;
+``aline.engine`` / ``aline.train`` decide which ones to attach.
 
 Rank discipline: every object that writes a file checks ``idist.get_rank() == 0`` itself and is inert on the
 other ranks, so the caller may build and attach the same handlers on every process. Handlers that change the

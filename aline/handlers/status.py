@@ -72,7 +72,7 @@ class RunStatus:
             "best": previous.get("best"),
             "oracle": dict(oracle) if oracle is not None else previous.get("oracle"),
         }
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # every read-modify-write of self.data holds it
         self._stop_beat = threading.Event()
         self._beat_thread: threading.Thread | None = None
 
@@ -87,8 +87,9 @@ class RunStatus:
 
     def beat(self) -> None:
         """Refresh the heartbeat (only while running: a finished run has no owner to prove alive)."""
-        if self.data["state"] == STATE_RUNNING:
-            self._write()
+        with self._lock:
+            if self.data["state"] == STATE_RUNNING:
+                self._write()
 
     def _start_heartbeat(self) -> None:
         if self._beat_thread is not None or not _is_writer():
@@ -118,42 +119,49 @@ class RunStatus:
             self.data["iteration"] = int(iteration)
 
     def running(self, epoch: int = 0, iteration: int = 0, max_epochs: int | None = None) -> None:
-        self.data.update(state=STATE_RUNNING, pid=os.getpid(), finished=None)
-        self.data.pop("reason", None)
-        self.data.pop("note", None)
-        if max_epochs is not None:
-            self.data["max_epochs"] = int(max_epochs)
-        self._progress(epoch, iteration)
-        self._write()
+        with self._lock:
+            self.data.update(state=STATE_RUNNING, pid=os.getpid(), finished=None)
+            self.data.pop("reason", None)
+            self.data.pop("note", None)
+            if max_epochs is not None:
+                self.data["max_epochs"] = int(max_epochs)
+            self._progress(epoch, iteration)
+            self._write()
         self._start_heartbeat()
 
     def progress(self, epoch: int, iteration: int) -> None:
-        self._progress(epoch, iteration)
-        self._write()
+        with self._lock:
+            self._progress(epoch, iteration)
+            self._write()
 
     def set_best(self, metric: str, value: float, epoch: int, checkpoint: str) -> None:
-        self.data["best"] = {
-            "metric": metric,
-            "value": _number(value),
-            "epoch": int(epoch),
-            "checkpoint": checkpoint,
-        }
-        self._write()
+        best = {"metric": metric, "value": _number(value), "epoch": int(epoch), "checkpoint": checkpoint}
+        with self._lock:
+            self.data["best"] = best
+            self._write()
 
-    def _end(self, state: str, epoch: int | None, iteration: int | None, reason: str | None) -> None:
-        self.stop_heartbeat()
-        self.data.update(state=state, finished=utc_now())
-        if reason is not None:
-            self.data["reason"] = reason
-        self._progress(epoch, iteration)
-        self._write()
+    def _end(
+        self,
+        state: str,
+        epoch: int | None,
+        iteration: int | None,
+        reason: str | None,
+        note: str | None = None,
+    ) -> None:
+        self.stop_heartbeat()  # outside the lock: the thread may be waiting for it
+        with self._lock:
+            self.data.update(state=state, finished=utc_now())
+            if reason is not None:
+                self.data["reason"] = reason
+            if note is not None:
+                self.data["note"] = note
+            self._progress(epoch, iteration)
+            self._write()
 
     def finished(
         self, epoch: int | None = None, iteration: int | None = None, note: str | None = None
     ) -> None:
-        if note is not None:
-            self.data["note"] = note
-        self._end(STATE_FINISHED, epoch, iteration, None)
+        self._end(STATE_FINISHED, epoch, iteration, None, note)
 
     def failed(self, reason: str, epoch: int | None = None, iteration: int | None = None) -> None:
         self._end(STATE_FAILED, epoch, iteration, reason)
@@ -197,12 +205,12 @@ def attach_status(
     """Keep ``status.json`` in step with the trainer.
 
     running at STARTED, progress each epoch, finished at COMPLETED — or failed when the run was ended by
-    :class:`TerminateOnNan` (the last step output is not finite). On EXCEPTION_RAISED: write ``last.pt``
-    (when given) so the run can be resumed, record stopped (KeyboardInterrupt, incl. SIGTERM via
-    :func:`install_sigterm_handler`) or failed (anything else) and re-raise. Ignite swallows an exception
-    that an EXCEPTION_RAISED handler does not re-raise, so this one always re-raises; it is also the place
-    that writes ``last.pt`` on failure, because handlers after a re-raising one never run. ``cleanup``
-    callables (closing files, the W&B run) run at the very end, on success and on failure alike.
+    :class:`DivergenceGuard` (its reason) or a plain ``TerminateOnNan`` (the output's non-finite quantity).
+    On EXCEPTION_RAISED: record stopped (KeyboardInterrupt, incl. SIGTERM via
+    :func:`install_sigterm_handler`) or failed (anything else) and re-raise (ignite swallows an exception
+    that an EXCEPTION_RAISED handler does not re-raise); ``last.pt`` stays at the last epoch boundary, the
+    only state a resume can repeat exactly. ``cleanup`` callables (closing files, the W&B run) run at the
+    very end, on success and on failure alike.
     """
     handled: list[BaseException] = []  # the exception already recorded (held, so its identity is stable)
 
