@@ -272,8 +272,11 @@ def test_status_heartbeat_is_refreshed_while_running(tmp_path: Path, monkeypatch
     wait_for(lambda: status_of(tmp_path)["heartbeat"] != first, 5, "a heartbeat")
     st = status_of(tmp_path)
     assert st["host"] == socket.gethostname() and st["pid"] == os.getpid() and st["run"] == tmp_path.name
+    beat = status._beat_thread
+    assert beat is not None and beat.daemon  # never keeps the process alive
     status.finished()
-    assert not [t for t in threading.enumerate() if t.name == "aline-status-heartbeat"]
+    assert not beat.is_alive()
+    assert status_of(tmp_path)["state"] == "finished"
 
 
 # --- finding 4: a corrupt checkpoint is named, recorded, and exits 2 --------------------------------------
