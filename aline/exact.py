@@ -15,7 +15,7 @@ Kalman filter and RTS smoother (:func:`aline.kalman.smooth`), so with no answers
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,99 @@ class ExactResult:
     target_var: np.ndarray  # [N] Var(w·Z_23 | D0, answers)
     p_bayes: np.ndarray  # [N] E[sigmoid(w·Z_23 + b) | D0, answers]
     query_value: np.ndarray | None  # [N, T] cut in target_var by one more answer; 0 outside the pool left
+    scalars: AnswerScalars | None = None  # only with want_scalars
+
+
+@dataclass
+class AnswerScalars:
+    """Joint Gaussian posterior, given D0, of w·Z_23 and of each hour's answer signal s_t = c·Z_t.
+
+    An answer at hour t is s_t + noise (variance ``noise[:, t]``), so the forecast quantity given D0 and
+    any set of answers follows by exact rank-one conditioning of this (T + 1)-dimensional Gaussian, with
+    no second pass of the smoother: what makes greedy search over sets cheap.
+    """
+
+    target_mean: np.ndarray  # [N]
+    target_var: np.ndarray  # [N]
+    mean: np.ndarray  # [N, T] E[s_t | D0]
+    cov: np.ndarray  # [N, T, T] Cov(s_t, s_u | D0)
+    cross: np.ndarray  # [N, T] Cov(s_t, w·Z_23 | D0)
+    noise: np.ndarray  # [N, T] answer noise variance
+    answers: np.ndarray | None  # [N, T] answer residuals, NaN outside the pool's hours
+    pool: np.ndarray  # [N, T] bool
+    b: float
+
+    def take(self, rows: np.ndarray) -> AnswerScalars:
+        return replace(
+            self,
+            **{
+                f: None if getattr(self, f) is None else getattr(self, f)[rows]
+                for f in ("target_mean", "target_var", "mean", "cov", "cross", "noise", "answers", "pool")
+            },
+        )
+
+    def condition(self, asked: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """E and Var of w·Z_23 given D0 and the answers at the asked hours in the pool. ``[N], [N]``
+
+        One small solve per window over its asked hours (padded to the largest set with inert entries).
+        """
+        use = np.zeros_like(self.pool) if asked is None else np.asarray(asked, dtype=bool) & self.pool
+        count = use.sum(axis=1)  # [N]
+        k = int(count.max(initial=0))
+        if k == 0:
+            return self.target_mean.copy(), self.target_var.copy()
+        rows = np.arange(use.shape[0])[:, None]
+        hours = np.argsort(~use, axis=1, kind="stable")[:, :k]  # asked hours first  [N, k]
+        valid = np.arange(k)[None, :] < count[:, None]  # [N, k]
+        both = valid[:, :, None] & valid[:, None, :]
+        S = np.where(both, self.cov[rows[:, :, None], hours[:, :, None], hours[:, None, :]], 0.0)  # [N, k, k]
+        # Padding entries become an inert unit diagonal with zero covariance to everything.
+        S[:, np.arange(k), np.arange(k)] += np.where(valid, self.noise[rows, hours], 1.0)
+        c = np.where(valid, self.cross[rows, hours], 0.0)  # [N, k]
+        rhs = [c]
+        if self.answers is not None:
+            rhs.append(np.where(valid, self.answers[rows, hours] - self.mean[rows, hours], 0.0))
+        sol = np.linalg.solve(S, np.stack(rhs, axis=2))  # [N, k, 1 or 2]
+        var = self.target_var - np.einsum("nk,nk->n", c, sol[:, :, 0])
+        mean = self.target_mean.copy()
+        if self.answers is not None:
+            mean += np.einsum("nk,nk->n", c, sol[:, :, 1])
+        return mean, var
+
+    def p_bayes(self, asked: np.ndarray | None) -> np.ndarray:
+        tm, tv = self.condition(asked)
+        return expected_sigmoid(tm + self.b, tv)
+
+    def set_value(self, asked: np.ndarray) -> np.ndarray:
+        """[N] Var(w·Z_23 | D0) - Var(w·Z_23 | D0, answers at the asked hours in the pool)."""
+        return self.target_var - self.condition(asked)[1]
+
+    def greedy(self, k: int) -> np.ndarray:
+        """[N, T] bool: greedy on the exact set variance cut, k pool hours (all if the pool is smaller).
+
+        After j answers the answer signals' covariance is cov - L L^T (L: one column per answer), so a
+        step needs one column of it per window, not a full [T, T] update.
+        """
+        n, T = self.pool.shape
+        chosen = np.zeros_like(self.pool)
+        diag = np.diagonal(self.cov, axis1=1, axis2=2).copy()  # [N, T] Var(s_t | D0, answers so far)
+        c = self.cross.copy()  # [N, T] Cov(s_t, w·Z_23 | D0, answers so far)
+        L = np.zeros((n, T, k))
+        for j in range(k):
+            cand = self.pool & ~chosen
+            rows = np.flatnonzero(cand.any(axis=1))
+            if not len(rows):
+                break
+            gain = np.where(cand[rows], c[rows] ** 2 / (diag[rows] + self.noise[rows]), -np.inf)
+            hours = np.argmax(gain, axis=1)
+            chosen[rows, hours] = True
+            col = self.cov[rows, :, hours] - np.einsum("ntj,nj->nt", L[rows, :, :j], L[rows, hours, :j])
+            root = np.sqrt(col[np.arange(len(rows)), hours] + self.noise[rows, hours])  # [n]
+            l_col = col / root[:, None]  # [n, T]
+            c[rows] -= l_col * (c[rows, hours] / root)[:, None]
+            diag[rows] -= l_col**2
+            L[rows, :, j] = l_col
+        return chosen
 
 
 def exact_posterior(
@@ -49,6 +142,7 @@ def exact_posterior(
     *,
     asked_index: int,
     want_query_value: bool = False,
+    want_scalars: bool = False,
 ) -> ExactResult:
     """Posterior of each window given its measurements and the answers at ``asked`` hours in its pool.
 
@@ -56,8 +150,11 @@ def exact_posterior(
     missing); answers [N, T] (answer minus the asked feature's offset, NaN where the hour is unaskable);
     drive, q [N, T, Z] (drive = B g_t + c); asked [N, T] bool or None. ``asked_index`` is the asked
     feature's measurement index. The query value of an hour is the cut in Var(w·Z_23) from one more answer
-    there; it is 0 outside the pool and at hours already asked.
+    there; it is 0 outside the pool and at hours already asked. ``want_scalars`` (with no asked hours)
+    also returns :class:`AnswerScalars` for fast set-level conditioning.
     """
+    if want_scalars and asked is not None and np.any(asked):
+        raise ValueError("want_scalars describes D0 alone: call it without asked hours")
     k = asked_index
     logged = obs[..., k]
     pool = np.zeros_like(logged) if answers is None else ~logged & ~np.isnan(answers)  # [N, T]
@@ -81,14 +178,28 @@ def exact_posterior(
         P["mu0"],
         P["Sigma0"],
         target=P["w"],
-        query_row=P["C"][k] if want_query_value else None,
+        query_row=P["C"][k] if (want_query_value or want_scalars) else None,
         query_var=r[..., k] if want_query_value else None,
+        query_cov=want_scalars,
     )
     qv = None
     if want_query_value:
         qv = np.where(pool, post.query_value, 0.0)
     p = expected_sigmoid(post.target_mean + P["b"], post.target_var)
-    return ExactResult(post.mean, np.sqrt(post.var), post.target_mean, post.target_var, p, qv)
+    sc = None
+    if want_scalars:
+        sc = AnswerScalars(
+            post.target_mean,
+            post.target_var,
+            post.query_mean,
+            post.query_cov,
+            post.query_cross,
+            r[..., k],
+            None if answers is None else np.where(pool, answers, np.nan),
+            pool,
+            float(P["b"]),
+        )
+    return ExactResult(post.mean, np.sqrt(post.var), post.target_mean, post.target_var, p, qv, sc)
 
 
 @dataclass
@@ -103,6 +214,7 @@ class ExactModel:
     r: np.ndarray  # [N, T, M]
     params: dict[str, Any]
     asked_index: int
+    _scalars: AnswerScalars | None = field(default=None, repr=False, compare=False)
 
     @property
     def askable(self) -> np.ndarray:
@@ -120,6 +232,7 @@ class ExactModel:
             drive=self.drive[rows],
             q=self.q[rows],
             r=self.r[rows],
+            _scalars=None if self._scalars is None else self._scalars.take(rows),
         )
 
     def posterior(self, asked: np.ndarray | None = None, *, want_query_value: bool = False) -> ExactResult:
@@ -136,27 +249,38 @@ class ExactModel:
             want_query_value=want_query_value,
         )
 
-    def set_value(self, asked: np.ndarray, base_var: np.ndarray | None = None) -> np.ndarray:
+    def scalars(self) -> AnswerScalars:
+        """The joint posterior of w·Z_23 and the answer signals given D0 (computed once, then cached)."""
+        if self._scalars is None:
+            self._scalars = self.base().scalars
+        return self._scalars
+
+    def base(self) -> ExactResult:
+        """Posterior given D0 alone, with the query values and the scalars (one smoother pass)."""
+        res = exact_posterior(
+            self.resid,
+            self.obs,
+            self.answers,
+            self.drive,
+            self.q,
+            self.r,
+            self.params,
+            None,
+            asked_index=self.asked_index,
+            want_query_value=True,
+            want_scalars=True,
+        )
+        self._scalars = res.scalars
+        return res
+
+    def set_value(self, asked: np.ndarray) -> np.ndarray:
         """[N] Var(w·Z_23 | D0) - Var(w·Z_23 | D0, answers at the asked hours in the pool)."""
-        if base_var is None:
-            base_var = self.posterior(None).target_var
-        return base_var - self.posterior(asked).target_var
+        return self.scalars().set_value(asked)
 
     def greedy_oracle(self, k: int) -> np.ndarray:
         """[N, T] bool: k pool hours per window (fewer if the pool is smaller), each the one whose answer
         cuts Var(w·Z_23) most given the answers already chosen."""
-        pool = self.askable
-        chosen = np.zeros_like(pool)
-        rows = np.arange(pool.shape[0])
-        for _ in range(k):
-            cand = pool & ~chosen
-            if not cand.any():
-                break
-            qv = self.posterior(chosen, want_query_value=True).query_value
-            pick = np.argmax(np.where(cand, qv, -np.inf), axis=1)
-            has = cand.any(axis=1)
-            chosen[rows[has], pick[has]] = True
-        return chosen
+        return self.scalars().greedy(k)
 
 
 @dataclass
@@ -231,7 +355,7 @@ def load_exact_split(csv_path: str | Path, meta_path: str | Path) -> ExactSplit:
     habitual_row = habit[inv] >= HABITUAL_MG
     m = model_arrays(feats, meas, grid(answer_col), habitual_row, P, measurements.index(asked))
     return ExactSplit(
-        **{f: getattr(m, f) for f in ExactModel.__dataclass_fields__},
+        **{f: getattr(m, f) for f in ExactModel.__dataclass_fields__ if f != "_scalars"},
         window_id=ids[:, 0],
         y=grid("y_next")[:, 0],
         query_value=grid("query_value"),

@@ -319,7 +319,7 @@ def generate(subjects: int, days: int, seed: int, params: dict[str, Any] | None 
     answer = np.where(askable(feats, UNASKABLE_WHEN), full[..., ASKED_INDEX], np.nan)  # [N, T]
 
     model = ExactModel(y - offset, obs, answer - offset[..., ASKED_INDEX], drive, q, r, P, ASKED_INDEX)
-    post = model.posterior(None, want_query_value=True)
+    post = model.base()  # query values, and the scalars that the asking references condition on
     logit_true = z[:, T - 1] @ P["w"] + P["b"]
     p_true = sigmoid(logit_true)
     y_next = (rng.random(N) < p_true).astype(np.int64)
@@ -676,10 +676,11 @@ def _asking_figures(
         "random": random_pool_hours(pool, BEST_K, rng),
     }
     asked, cut = {}, {}
+    scalars = model.scalars()
     for name, chosen in sets.items():
-        res = model.posterior(chosen)
-        cut[name] = base_var - res.target_var  # [n]
-        scores = binary_scores(res.p_bayes, y)
+        mean, var = scalars.condition(chosen)
+        cut[name] = base_var - var  # [n]
+        scores = binary_scores(expected_sigmoid(mean + model.params["b"], var), y)
         asked[name] = {"auc": scores["auc"], "brier": scores["brier"], "n_asked": float(chosen.sum(1).mean())}
     oracle_q = oracle_value(qv, BEST_K).sum()
     oracle_cut = cut["oracle"].sum()

@@ -201,3 +201,16 @@ def test_load_exact_split_names_a_bad_file(tmp_path, split):
     bad.write_text("window_id,hour\n1,0\n")
     with pytest.raises(ValueError, match="bad.csv"):
         load_exact_split(bad, out / "synthetic_migraine_meta.json")
+
+
+def test_scalar_conditioning_equals_the_smoother_with_answers(split):
+    """The fast set-level path (AnswerScalars) against a second smoother pass with the answers absorbed."""
+    s, _, _ = split
+    rng = np.random.default_rng(7)
+    asked = rng.random(s.askable.shape) < 0.25  # up to ~6 hours a window, some outside the pool
+    full = s.posterior(asked)
+    mean, var = s.scalars().condition(asked)
+    np.testing.assert_allclose(mean, full.target_mean, atol=1e-9)
+    np.testing.assert_allclose(var, full.target_var, atol=1e-9)
+    np.testing.assert_allclose(s.scalars().p_bayes(asked), full.p_bayes, atol=1e-9)
+    np.testing.assert_allclose(s.set_value(asked), s.posterior(None).target_var - full.target_var, atol=1e-9)
