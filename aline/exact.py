@@ -317,11 +317,18 @@ def load_exact_split(csv_path: str | Path, meta_path: str | Path) -> ExactSplit:
     """Read one split's CSV (inputs, measurements, answers, labels) and the meta file's model."""
     import pyarrow.csv as pacsv
 
-    meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
-    P = params_from_meta(meta["model"]["params"])
-    inputs, measurements = list(meta["inputs"]), list(meta["measurements"])
-    asking = meta["asking"]
-    asked, answer_col = asking["feature"], asking["answer_column"]
+    try:
+        meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+        P = params_from_meta(meta["model"]["params"])
+        inputs, measurements = list(meta["inputs"]), list(meta["measurements"])
+        asked, answer_col = meta["asking"]["feature"], meta["asking"]["answer_column"]
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{meta_path}: cannot read the simulator's meta file ({err})") from None
+    except (KeyError, TypeError) as err:
+        raise ValueError(
+            f"{meta_path}: not a meta file of this simulator (no {err}); the exact posterior needs "
+            "model.params, inputs, measurements and asking"
+        ) from None
     cols = ["window_id", "subject_id", "hour", *inputs, *measurements, answer_col]
     cols += ["query_value", "y_next", "p_bayes"]
     try:

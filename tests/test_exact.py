@@ -214,3 +214,11 @@ def test_scalar_conditioning_equals_the_smoother_with_answers(split):
     np.testing.assert_allclose(var, full.target_var, atol=1e-9)
     np.testing.assert_allclose(s.scalars().p_bayes(asked), full.p_bayes, atol=1e-9)
     np.testing.assert_allclose(s.set_value(asked), s.posterior(None).target_var - full.target_var, atol=1e-9)
+
+
+def test_load_exact_split_names_a_bad_meta_file(tmp_path, split):
+    _, _, out = split
+    meta = tmp_path / "meta.json"
+    meta.write_text('{"model": {}}')
+    with pytest.raises(ValueError, match="meta.json.*not a meta file"):
+        load_exact_split(out / "synthetic_migraine_train.csv", meta)
