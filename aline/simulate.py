@@ -686,6 +686,8 @@ def _asking_figures(
     oracle_cut = cut["oracle"].sum()
     return {
         "pool_hours_mean": float(pool.sum(1).mean()),
+        # Share of windows whose greedy-oracle set holds each hour: how much the best hours move.
+        "oracle_hour_frequency": sets["oracle"].mean(axis=0).round(4).tolist(),
         "random_share": float(qv[sets["random"]].sum() / oracle_q) if oracle_q > 0 else None,
         "oracle_cut_share": float(np.mean(cut["oracle"] / base_var)),
         "best_fixed_cut_share": float(np.mean(cut["best_fixed"] / base_var)),
@@ -820,7 +822,8 @@ def realism_summary(meta: dict[str, Any]) -> str:
             f"  {mark(chk['oracle_cut_share'])} the oracle's {BEST_K} answers ({meta['asking']['feature']}) "
             f"cut Var(w.Z_23 | D0) by {pct('oracle_cut_share')} on average"
             f"  [>= {100 * TARGETS['oracle_cut_share_min']:.0f} %]; best fixed "
-            f"{pct('best_fixed_cut_share')}, random {pct('random_cut_share')}",
+            f"{pct('best_fixed_cut_share')}, random {pct('random_cut_share')}; "
+            f"{num(val.get('pool_hours_mean'), 1)} askable hours a day",
             "  exact-Bayes AUC / Brier with each strategy's answers: "
             + ", ".join(
                 f"{k} {num(v['auc'])} / {num(v['brier'], 4)}" for k, v in (val.get("asked") or {}).items()

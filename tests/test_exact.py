@@ -222,3 +222,30 @@ def test_load_exact_split_names_a_bad_meta_file(tmp_path, split):
     meta.write_text('{"model": {}}')
     with pytest.raises(ValueError, match="meta.json.*not a meta file"):
         load_exact_split(out / "synthetic_migraine_train.csv", meta)
+
+
+def test_meta_asking_figures_equal_a_recomputation_from_the_csv(split):
+    """The simulator's asking references, recomputed from the written CSV with the full smoother."""
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    s, _, out = split
+    meta = json.loads((out / "synthetic_migraine_meta.json").read_text())
+    ref = meta["splits"]["train"]
+    base = s.posterior(None)
+    oracle = s.greedy_oracle(3)
+    fixed = np.zeros_like(s.askable)
+    fixed[:, meta["baselines"]["best_fixed_hours"]] = True
+    for name, asked in (("none", None), ("oracle", oracle), ("best_fixed", fixed)):
+        res = s.posterior(asked)
+        assert ref["asked"][name]["auc"] == pytest.approx(roc_auc_score(s.y, res.p_bayes), abs=1e-9)
+        assert ref["asked"][name]["brier"] == pytest.approx(np.mean((res.p_bayes - s.y) ** 2), abs=1e-9)
+    cut = base.target_var - s.posterior(oracle).target_var
+    assert ref["oracle_cut_share"] == pytest.approx(np.mean(cut / base.target_var), rel=1e-6)
+    cut_fixed = base.target_var - s.posterior(fixed).target_var
+    assert ref["best_fixed_set_share"] == pytest.approx(cut_fixed.sum() / cut.sum(), rel=1e-6)
+    top3 = np.sort(s.query_value, axis=1)[:, -3:].sum()
+    assert ref["best_fixed_share"] == pytest.approx(s.query_value[fixed].sum() / top3, rel=1e-6)
+    np.testing.assert_allclose(ref["oracle_hour_frequency"], oracle.mean(0), atol=1e-4)
+    assert 0 < ref["random_share"] < 1
