@@ -249,3 +249,12 @@ def test_meta_asking_figures_equal_a_recomputation_from_the_csv(split):
     assert ref["best_fixed_share"] == pytest.approx(s.query_value[fixed].sum() / top3, rel=1e-6)
     np.testing.assert_allclose(ref["oracle_hour_frequency"], oracle.mean(0), atol=1e-4)
     assert 0 < ref["random_share"] < 1
+
+
+def test_simulator_and_exact_import_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, aline.exact, aline.simulate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
