@@ -38,6 +38,7 @@ INPUTS = tuple(f for f in DEFAULT_FEATURES if f not in MEASUREMENTS)
 ASKED = "symptom_score"
 ASKED_INDEX = MEASUREMENTS.index(ASKED)
 ANSWER_PREFIX = "ask_"
+ANSWER_COLUMN = ANSWER_PREFIX + ASKED
 # Observed flags under which an hour cannot be asked (the config's default policy.unaskable_when).
 UNASKABLE_WHEN = ("asleep", "busy")
 HABITUAL_MG = 50.0  # mean daily caffeine that marks a habitual user
@@ -109,6 +110,31 @@ CONTEXT_NOISE = [
     "r_t[symptom_score] = r_base[symptom_score] * (1 + r_symptom_per_screen_hour * screen_time_min / 60"
     " + r_symptom_per_ksteps_over_1k * max(steps / 1000 - 1, 0) + r_symptom_per_drink * drinks_last3h)",
 ]
+
+
+ASKING = {
+    "feature": ASKED,
+    "answer_column": ANSWER_COLUMN,
+    "unaskable_when": list(UNASKABLE_WHEN),
+    "pool": f"hours whose {ASKED} cell is empty and whose {ANSWER_COLUMN} cell is not; equivalently "
+    f"{ASKED} empty and each of {', '.join(UNASKABLE_WHEN)} equal to 0",
+    "answer": f"the {ASKED} the patient would report if asked at that hour: drawn from the same measurement "
+    "model as the logged value (equal to it where logged), empty where the hour cannot be asked",
+    "mechanisms": [
+        "premonitory symptoms (fatigue, yawning, neck stiffness) precede attacks by hours and were "
+        "recorded in electronic diaries before most attacks (Giffin et al. 2003, Neurology 60:935-940; "
+        "Karsan & Goadsby 2018, Curr Pain Headache Rep 22:1); hypothalamic activity changes in the day "
+        "before the attack (Schulte & May 2016, Brain 139:1987-1993): the score loads on sleep debt and "
+        "trigger load, which the forecast weighs most",
+        "a momentary self-rating is less reliable when made while distracted or impaired (ecological "
+        "momentary assessment: Shiffman, Stone & Hufford 2008, Annu Rev Clin Psychol 4:1-32): its noise "
+        "variance grows with screen use, walking and drinks in the last 3 hours (context_noise), so a "
+        "quiet hour's answer is worth several busy ones and the quiet hours change from day to day",
+        "which hours can be asked varies by day: not while asleep, nor while busy (commuting on workdays, "
+        "meetings, driving or errands at weekends), an observed 0/1 input",
+        "logged rarely by itself (0.1-0.8 entries a day): most of its value is in asking",
+    ],
+}
 
 
 def default_params() -> dict[str, Any]:
