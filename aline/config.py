@@ -217,12 +217,14 @@ class Config(_Section):
     def _asking_uses_features(self) -> Config:
         feats = set(self.data.columns.features)
         problems = [
-            f"data.columns.answers: {name!r} is not in data.columns.features"
+            f"data.columns.answers: {name!r} is not in data.columns.features "
+            "(data.columns.answers=null if your data has no question to ask)"
             for name in (self.data.columns.answers or {})
             if name not in feats
         ]
         problems += [
-            f"policy.unaskable_when: {name!r} is not in data.columns.features"
+            f"policy.unaskable_when: {name!r} is not in data.columns.features "
+            "(list only 0/1 feature columns, or [] if every hour can be asked)"
             for name in self.policy.unaskable_when
             if name not in feats
         ]
