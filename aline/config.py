@@ -24,11 +24,17 @@ DEFAULT_FEATURES = (
     "screen_time_min",
     "steps",
     "menstrual_window",
+    "busy",
     "heart_rate",
     "hrv",
     "skin_temp",
     "stress_rating",
+    "symptom_score",
 )
+# The diary question the simulator can answer at any askable hour, and the column holding the answers.
+DEFAULT_ANSWERS = {"symptom_score": "ask_symptom_score"}
+# Observed 0/1 features under which an hour cannot be asked about (the simulator's defaults).
+DEFAULT_UNASKABLE_WHEN = ("asleep", "busy")
 DEFAULT_LATENTS = ("stress", "sleep_debt", "hormonal", "env_load")
 SPLITS = ("train", "val", "test")
 
@@ -56,6 +62,9 @@ class ColumnsConfig(_Section):
     query_value: str | None = "query_value"
     p_bayes: str | None = "p_bayes"
     p_true: str | None = "p_true"
+    # Asked feature -> column with the answer the patient would give at each hour (empty where the hour
+    # cannot be asked). Null or empty: no question can be asked, so no closed loop.
+    answers: dict[str, str] | None = Field(default_factory=lambda: dict(DEFAULT_ANSWERS))
 
     def latent_columns(self) -> list[str]:
         return [self.latent_prefix + n for n in self.latents]
@@ -148,6 +157,8 @@ class PolicyConfig(_Section):
     samples: int = Field(4, ge=1, le=64)
     baseline: Literal["loo", "batch_mean", "none"] = "loo"
     train_encoder: bool = False
+    # An hour is askable when its asked-feature cell is empty and every feature listed here is 0.
+    unaskable_when: list[str] = Field(default_factory=lambda: list(DEFAULT_UNASKABLE_WHEN))
 
     @model_validator(mode="after")
     def _loo_needs_two_samples(self) -> PolicyConfig:
@@ -208,6 +219,25 @@ class Config(_Section):
         for key, name in chosen.items():
             if name not in VAL_METRICS:
                 raise ValueError(f"{key}: unknown metric {name!r}; choose one of {', '.join(VAL_METRICS)}")
+        return self
+
+    @model_validator(mode="after")
+    def _asking_uses_features(self) -> Config:
+        feats = set(self.data.columns.features)
+        problems = [
+            f"data.columns.answers: {name!r} is not in data.columns.features "
+            "(data.columns.answers=null if your data has no question to ask)"
+            for name in (self.data.columns.answers or {})
+            if name not in feats
+        ]
+        problems += [
+            f"policy.unaskable_when: {name!r} is not in data.columns.features "
+            "(list only 0/1 feature columns, or [] if every hour can be asked)"
+            for name in self.policy.unaskable_when
+            if name not in feats
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def to_dict(self) -> dict[str, Any]:

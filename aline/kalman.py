@@ -37,6 +37,11 @@ class Posterior:
     query_value: np.ndarray | None  # [N, T] variance cut of w·Z_{T-1} by one extra observation at t
     target_mean: np.ndarray | None  # [N] E[w·Z_{T-1} | y]
     target_var: np.ndarray | None  # [N] Var(w·Z_{T-1} | y)
+    # With query_cov: the joint posterior of the scalars s_t = query_row·Z_t and w·Z_{T-1}, all that
+    # further answers of the query measurement need (exact rank-one conditioning, no second smoother).
+    query_mean: np.ndarray | None = None  # [N, T] E[s_t | y]
+    query_cov: np.ndarray | None = None  # [N, T, T] Cov(s_t, s_u | y)
+    query_cross: np.ndarray | None = None  # [N, T] Cov(s_t, w·Z_{T-1} | y)
 
 
 def smooth(
@@ -54,13 +59,16 @@ def smooth(
     query_row: np.ndarray | None = None,
     query_var: np.ndarray | None = None,
     full_cov: bool = False,
+    query_cov: bool = False,
     chunk: int = 1024,
 ) -> Posterior:
     """Filter and smooth all windows.
 
     Shapes: y, obs, r [N, T, M] (y may hold NaN where obs is false); b, q [N, T, Z] (row t=0 unused:
     the prior covers hour 0); A [Z, Z]; C [M, Z]; mu0 [Z]; Sigma0 [Z, Z]; target, query_row [Z];
-    query_var [N, T]. The query value needs all three of target, query_row and query_var.
+    query_var [N, T]. The query value needs all three of target, query_row and query_var; ``query_cov``
+    (which needs target and query_row) also returns the joint posterior of query_row·Z_t over hours and
+    of the target, from the smoothed lag covariances Cov(Z_t, Z_u | y) = J_t Cov(Z_{t+1}, Z_u | y), t < u.
     """
     y = np.asarray(y, dtype=np.float64)
     n_all, T, M = y.shape
@@ -76,6 +84,11 @@ def smooth(
     qv = np.zeros((n_all, T)) if want_query else None
     t_mean = np.zeros(n_all) if target is not None else None
     t_var = np.zeros(n_all) if target is not None else None
+    if query_cov and (target is None or query_row is None):
+        raise ValueError("query_cov needs target and query_row")
+    q_mean = np.zeros((n_all, T)) if query_cov else None
+    q_cov = np.zeros((n_all, T, T)) if query_cov else None
+    q_cross = np.zeros((n_all, T)) if query_cov else None
     for lo in range(0, n_all, chunk):
         sl = slice(lo, min(lo + chunk, n_all))
         out = _smooth_chunk(
@@ -89,9 +102,10 @@ def smooth(
             mu0,
             Sigma0,
             target,
-            query_row if want_query else None,
+            query_row if (want_query or query_cov) else None,
             query_var[sl] if want_query else None,
             full_cov,
+            query_cov,
         )
         mean[sl], var[sl] = out["mean"], out["var"]
         if full_cov:
@@ -100,10 +114,12 @@ def smooth(
             qv[sl] = out["qv"]
         if target is not None:
             t_mean[sl], t_var[sl] = out["t_mean"], out["t_var"]
-    return Posterior(mean, var, cov, qv, t_mean, t_var)
+        if query_cov:
+            q_mean[sl], q_cov[sl], q_cross[sl] = out["q_mean"], out["q_cov"], out["q_cross"]
+    return Posterior(mean, var, cov, qv, t_mean, t_var, q_mean, q_cov, q_cross)
 
 
-def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_var, full_cov):
+def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_var, full_cov, query_cov):
     n, T, M = y.shape
     Z = A.shape[0]
     diag = np.arange(Z)
@@ -141,7 +157,13 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
     if target is not None:
         out["t_mean"] = ms @ target
         out["t_var"] = v @ target
-    qv = np.zeros((n, T)) if query_row is not None else None
+    qv = np.zeros((n, T)) if query_var is not None else None
+    if query_cov:
+        # U[:, :, u] = Cov(Z_t, s_u | y) for the hours u >= t reached so far (t runs backwards).
+        U = np.zeros((n, Z, T))
+        q_cov = np.zeros((n, T, T))
+        q_mean = np.zeros((n, T))
+        q_cross = np.zeros((n, T))
 
     def record(t, ms, Ps, v):
         mean[:, t] = ms
@@ -152,6 +174,11 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
             num = (v @ query_row) ** 2
             den = (Ps @ query_row) @ query_row + query_var[:, t]
             qv[:, t] = num / den
+        if query_cov:
+            U[:, :, t] = Ps @ query_row
+            q_cov[:, t, t:] = np.einsum("z,nzu->nu", query_row, U[:, :, t:])
+            q_mean[:, t] = ms @ query_row
+            q_cross[:, t] = v @ query_row
 
     record(T - 1, ms, Ps, v)
     for t in range(T - 2, -1, -1):
@@ -162,12 +189,18 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
         Ps = 0.5 * (Ps + Ps.transpose(0, 2, 1))
         if v is not None:
             v = (J @ v[:, :, None])[:, :, 0]
+        if query_cov:
+            U[:, :, t + 1 :] = J @ U[:, :, t + 1 :]
         record(t, ms, Ps, v)
     out["mean"], out["var"] = mean, var
     if full_cov:
         out["cov"] = cov
     if qv is not None:
         out["qv"] = qv
+    if query_cov:
+        upper = np.triu(q_cov, 1)
+        out["q_cov"] = q_cov + upper.transpose(0, 2, 1)
+        out["q_mean"], out["q_cross"] = q_mean, q_cross
     return out
 
 

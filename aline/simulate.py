@@ -6,26 +6,24 @@ the exact posterior of that state given the window's observations, the value of 
 hour, the next-day label and the best forecasts that any model could make (``p_bayes``) or that one knowing
 the latent state could make (``p_true``).
 
-Generative model (one window = one subject-day, hours t = 0..23; windows are independent given the
-observed inputs, which is what makes each window's posterior exact):
-
-    Z_0 ~ N(mu0, Sigma0)                                       (same prior for every window)
-    Z_t = A Z_{t-1} + B g_t + c + eps_t,   eps_t ~ N(0, diag q_t)       t = 1..23
-    y_t = C Z_t + D g_t + d + delta_t,     delta_t ~ N(0, diag r_t)     only the observed entries
-    y_next ~ Bernoulli(sigmoid(w · Z_23 + b))
-
-Z = (stress, sleep_debt, hormonal, env_load); y = (heart_rate, hrv, skin_temp, stress_rating). g_t is a
+Generative model: see :mod:`aline.simmodel` (one window = one subject-day, hours t = 0..23; windows are
+independent given the observed inputs, which is what makes each window's posterior exact). Z = (stress,
+sleep_debt, hormonal, env_load); y = (heart_rate, hrv, skin_temp, stress_rating, symptom_score). g_t is a
 known function of the observed inputs (thresholds, recent sums), and q_t, r_t depend on them too: a
-skipped meal or a falling barometer makes stress more volatile, walking makes the heart rate noisier. One
-subject-level value enters g as well: whether the subject is a habitual caffeine user (mean daily caffeine
-over all of the subject's days >= 50 mg, computable from the CSV by subject), which drives caffeine
-withdrawal on a day without caffeine. The posterior columns condition on the window's rows and that flag.
+skipped meal or a falling barometer makes stress more volatile, walking makes the heart rate noisier, and
+screens, walking and drinks make the premonitory-symptom score less reliable. One subject-level value
+enters g as well: whether the subject is a habitual caffeine user (mean daily caffeine over all of the
+subject's days >= 50 mg, computable from the CSV by subject), which drives caffeine withdrawal on a day
+without caffeine. The posterior columns condition on the window's rows and that flag.
 
 Wearable values have gaps (a day without the watch, charging, off-wrist hours, motion artefacts in HRV);
-the diary stress rating is logged at a few waking hours a day. Measurements are written rounded to two
-decimals and the posterior is computed from the rounded values (the rounding error, variance 1e-4/12,
-is ignored next to the measurement noise). The stress rating is a continuous score on a 0-10 scale and
-is not clipped, so that it stays linear-Gaussian.
+the diary stress rating is logged at a few waking hours a day, the symptom score rarely. The symptom score
+is the question that can be asked: ``ask_symptom_score`` holds the answer the patient would give at each
+askable hour (awake and not busy), drawn from the same measurement model (equal to the logged value where
+logged, empty where unaskable), and ``query_value`` the exact cut in Var(w·Z_23) from one answer there
+(:mod:`aline.exact`). Measurements are written rounded to two decimals and the posterior is computed from
+the rounded values (the rounding error, variance 1e-4/12, is ignored next to the measurement noise). The
+diary scores are continuous on a 0-10 scale and not clipped, so that they stay linear-Gaussian.
 """
 
 from __future__ import annotations
@@ -42,133 +40,48 @@ from typing import Any
 import numpy as np
 
 from aline.config import DEFAULT_FEATURES, DEFAULT_LATENTS, SPLITS
-from aline.kalman import smooth
-from aline.scoring import best_fixed_hours, binary_scores, oracle_value
+from aline.exact import ExactModel
+from aline.scoring import best_fixed_hours
+from aline.simmodel import (
+    ANSWER_COLUMN,
+    ASKED,
+    ASKED_INDEX,
+    ASKING,
+    CONTEXT_NOISE,
+    G_DEFINITIONS,
+    G_NAMES,
+    HABITUAL_MG,
+    INPUTS,
+    INTEGER_INPUTS,
+    MEASUREMENTS,
+    UNASKABLE_WHEN,
+    UNITS,
+    T,
+    askable,
+    context,
+    default_params,
+    expected_sigmoid,
+    sigmoid,
+)
+from aline.simrefs import (
+    BEST_K,
+    TARGETS,
+    asking_figures,
+    logreg_baseline,
+    realism_checks,
+    realism_summary,
+    split_figures,
+    trigger_flags,
+    trigger_odds,
+)
+
+# Re-exported for callers that knew them here.
+__all__ = ["default_params", "expected_sigmoid", "generate", "main", "simulate"]
+_context = context
 
 PREFIX = "synthetic_migraine"
-T = 24
-MEASUREMENTS = ("heart_rate", "hrv", "skin_temp", "stress_rating")
-INPUTS = tuple(f for f in DEFAULT_FEATURES if f not in MEASUREMENTS)
-DIARY = MEASUREMENTS.index("stress_rating")
-BEST_K = 3
-# Inputs that are counts or flags: written as integers ("3", not "3.0").
-INTEGER_INPUTS = frozenset(
-    (
-        "asleep",
-        "caffeine_mg",
-        "alcohol_drinks",
-        "skipped_meal",
-        "screen_time_min",
-        "steps",
-        "menstrual_window",
-    )
-)
 # Decimals of the written floats; measurements are rounded before the filter sees them.
 FLOAT_DECIMALS = {"measurement": 2, "latent": 4, "query_value": 6, "prob": 6}
-
-UNITS = {
-    "asleep": "0/1 flag",
-    "caffeine_mg": "mg consumed in the hour",
-    "alcohol_drinks": "standard drinks in the hour",
-    "pressure_hpa": "hPa",
-    "pressure_change_3h": "hPa, pressure now minus 3 hours earlier",
-    "skipped_meal": "0/1, a planned meal skipped in the hour",
-    "screen_time_min": "minutes of screen use in the hour",
-    "steps": "steps in the hour",
-    "menstrual_window": "0/1, within -2..+2 days of menses onset (constant over the day)",
-    "heart_rate": "bpm, hourly mean (empty: watch not worn)",
-    "hrv": "ms RMSSD (empty: not worn or motion artefact)",
-    "skin_temp": "deg C (empty: watch not worn)",
-    "stress_rating": "diary score 0-10, continuous (empty: not logged)",
-}
-
-# Known functions of the observed inputs that drive the latent state and the measurements.
-G_NAMES = (
-    "awake",
-    "skipped_meal_last4h",
-    "screen_hours",
-    "ksteps",
-    "caffeine_100mg",
-    "caffeine_100mg_after_15h",
-    "drinks",
-    "heavy_drinking_so_far",
-    "pressure_drop_hpa",
-    "caffeine_withdrawal",
-    "menstrual_window",
-)
-
-
-def default_params() -> dict[str, Any]:
-    """Every constant of the generative model; the meta file stores them verbatim."""
-    G = {n: i for i, n in enumerate(G_NAMES)}
-    B = np.zeros((4, len(G_NAMES)))
-    # stress: rises while awake, with skipped meals, screens and a falling barometer; eases with exercise.
-    B[0, [G["awake"], G["skipped_meal_last4h"], G["screen_hours"], G["ksteps"], G["drinks"]]] = [
-        0.12,
-        0.35,
-        0.20,
-        -0.03,
-        -0.05,
-    ]
-    B[0, G["pressure_drop_hpa"]] = 0.05
-    # sleep debt: builds while awake, repaid while asleep (c), more with late caffeine and alcohol.
-    B[1, [G["awake"], G["caffeine_100mg_after_15h"], G["drinks"]]] = [0.22, 0.08, 0.02]
-    # hormonal state: pulled up during the menstrual window.
-    B[2, G["menstrual_window"]] = 0.025
-    # trigger load: alcohol (heavy drinking much more), falling pressure, caffeine withdrawal.
-    B[3, [G["drinks"], G["heavy_drinking_so_far"], G["pressure_drop_hpa"], G["caffeine_withdrawal"]]] = [
-        0.03,
-        0.10,
-        0.025,
-        0.05,
-    ]
-    D = np.zeros((4, len(G_NAMES)))
-    D[0, [G["awake"], G["ksteps"], G["caffeine_100mg"], G["drinks"]]] = [9.0, 6.0, 1.5, 2.0]
-    D[1, [G["awake"], G["drinks"]]] = [-10.0, -2.0]
-    D[2, G["awake"]] = -0.6
-    return {
-        "A": np.array(
-            [
-                [0.80, 0.0, 0.0, 0.0],
-                [0.0, 0.99, 0.0, 0.0],
-                [0.0, 0.0, 0.97, 0.0],
-                # Load integrates stress: a stressful day followed by calm (let-down) leaves load high and
-                # stress low, and the label weighs stress negatively and load positively.
-                [0.06, 0.0, 0.0, 0.97],
-            ]
-        ),
-        "B": B,
-        "c": np.array([-0.06, -0.15, 0.0, 0.0]),
-        "q_base": np.array([0.08, 0.003, 0.003, 0.003]),
-        "q_stress_asleep_factor": 0.35,
-        "q_stress_skipped_meal_gain": 8.0,
-        "q_stress_pressure_drop_gain": 0.8,
-        "mu0": np.array([-0.4, 0.0, 0.0, 0.2]),
-        "Sigma0": np.array(
-            [
-                [0.25, 0.05, 0.0, 0.05],
-                [0.05, 0.30, 0.0, 0.0],
-                [0.0, 0.0, 0.80, 0.0],
-                [0.05, 0.0, 0.0, 0.30],
-            ]
-        ),
-        "C": np.array(
-            [
-                [2.0, 2.0, 0.0, 0.0],
-                [-3.5, -3.0, 0.0, -2.5],
-                [0.0, 0.0, 0.35, 0.1],
-                [1.8, 0.0, 0.0, 0.0],
-            ]
-        ),
-        "D": D,
-        "d": np.array([55.0, 55.0, 33.6, 4.2]),
-        "r_base": np.array([5.0, 30.0, 0.03, 0.5]),
-        "r_heart_rate_per_ksteps": 2.0,
-        "r_hrv_active_factor": 2.0,
-        "w": np.array([-0.3, 1.5, 0.6, 1.9]),
-        "b": -2.7,
-    }
-
 
 HABITS = {
     "wake_hour_range": [5.5, 9.0],
@@ -198,8 +111,12 @@ HABITS = {
     "pressure_hpa": [1013.0, 7.0],
     "pressure_trend_sd_hpa_per_h": 0.22,
     "pressure_noise_sd_hpa": 0.12,
+    "screen_free_hour_prob": 0.3,
+    "symptom_entries_per_day": [0.1, 0.8],
+    "commuter_share": 0.7,
+    "meeting_hour_prob": [0.05, 0.3],
+    "weekend_busy_hour_prob": 0.06,
 }
-HABITUAL_MG = 50.0  # mean daily caffeine that marks a habitual user
 
 if set(UNITS) != set(DEFAULT_FEATURES) or len(DEFAULT_LATENTS) != 4:
     # The generator produces exactly the columns in UNITS; a changed config list must be mirrored here.
@@ -311,6 +228,33 @@ def _inputs(rng: np.random.Generator, subjects: int, days: int) -> dict[str, np.
     hrv_obs = worn & ~motion & (rng.random((N, T)) >= 0.05)
     temp_obs = worn & (rng.random((N, T)) >= 0.02)
 
+    # Screen-free hours (a walk, a meal with others, a nap): the quiet moments for a self-rating.
+    screen = np.where(rng.random((N, T)) < H["screen_free_hour_prob"], 0.0, screen)
+
+    # Busy hours, when a question cannot be answered: commuting on workdays, meetings, errands and
+    # driving on weekends. They move from day to day, and so does the pool of askable hours.
+    commuter = rng.random(S) < H["commuter_share"]
+    meeting_p = rng.uniform(*H["meeting_hour_prob"], S)
+    workday = commuter[subj] & ~weekend
+    commute_am = (wake + 1 + rng.integers(0, 2, N)).astype(int)
+    commute_pm = rng.integers(16, 19, N)
+    busy = rng.random((N, T)) < np.where(
+        workday[:, None],
+        meeting_p[subj, None] * ((h >= 9) & (h < 17)),
+        H["weekend_busy_hour_prob"],
+    )
+    busy[rows, np.minimum(commute_am, T - 1)] |= workday
+    busy[rows, commute_pm] |= workday
+    busy &= awake
+
+    # Premonitory-symptom diary: rarely logged unprompted, and only at hours when it could be asked.
+    can_ask = awake & ~busy
+    sym_rate = rng.uniform(*H["symptom_entries_per_day"], S)
+    n_sym = np.minimum(rng.poisson(sym_rate[subj]), can_ask.sum(1))
+    keys = np.where(can_ask, rng.random((N, T)), 2.0)
+    np.put_along_axis(rank, np.argsort(keys, axis=1), np.arange(T)[None, :].repeat(N, 0), axis=1)
+    symptom_obs = rank < n_sym[:, None]
+
     feats = {
         "asleep": asleep.astype(np.float64),
         "caffeine_mg": caf * awake,
@@ -321,69 +265,15 @@ def _inputs(rng: np.random.Generator, subjects: int, days: int) -> dict[str, np.
         "screen_time_min": screen * awake,
         "steps": steps * awake,
         "menstrual_window": np.repeat(menstrual[:, None], T, 1).astype(np.float64),
+        "busy": busy.astype(np.float64),
     }
-    obs = np.stack([worn, hrv_obs, temp_obs, diary_obs], axis=2)  # [N, T, M]
+    obs = np.stack([worn, hrv_obs, temp_obs, diary_obs, symptom_obs], axis=2)  # [N, T, M]
     return {
         "subject": subj,
         "day": day,
         "feats": feats,
         "obs": obs,
     }
-
-
-def _context(feats: dict[str, np.ndarray], habitual_row: np.ndarray, P: dict[str, Any]):
-    """g [N, T, G], process variances q [N, T, Z] and measurement variances r [N, T, M]."""
-    awake = 1.0 - feats["asleep"]
-    caf = feats["caffeine_mg"]
-    drinks = feats["alcohol_drinks"]
-    skipped = feats["skipped_meal"]
-    skip4 = skipped.copy()
-    for lag in (1, 2, 3):
-        skip4[:, lag:] += skipped[:, :-lag]
-    hour = np.arange(T)[None, :]
-    drop = np.maximum(0.0, -feats["pressure_change_3h"] - 0.3)
-    no_caf_yet = np.cumsum(caf, axis=1) == 0
-    g = np.stack(
-        [
-            awake,
-            skip4,
-            feats["screen_time_min"] / 60.0,
-            feats["steps"] / 1000.0,
-            caf / 100.0,
-            caf / 100.0 * (hour >= 15),
-            drinks,
-            (np.cumsum(drinks, axis=1) >= 5).astype(np.float64),
-            drop,
-            (habitual_row[:, None] & no_caf_yet & (awake > 0) & (hour >= 10)).astype(np.float64),
-            feats["menstrual_window"],
-        ],
-        axis=2,
-    )
-    stress_q = P["q_base"][0] * np.where(awake > 0, 1.0, P["q_stress_asleep_factor"])
-    stress_q = stress_q * (
-        1.0
-        + P["q_stress_skipped_meal_gain"] * np.minimum(skip4, 1.0)
-        + P["q_stress_pressure_drop_gain"] * drop
-    )
-    q = np.empty(awake.shape + (4,))
-    q[..., 0] = stress_q
-    q[..., 1:] = P["q_base"][1:]
-    r = np.empty(awake.shape + (4,))
-    r[...] = P["r_base"]
-    r[..., 0] *= 1.0 + P["r_heart_rate_per_ksteps"] * feats["steps"] / 1000.0
-    r[..., 1] *= np.where(feats["steps"] > 1500, P["r_hrv_active_factor"], 1.0)
-    return g, q, r
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def expected_sigmoid(mean: np.ndarray, var: np.ndarray, nodes: int = 48) -> np.ndarray:
-    """E[sigmoid(a)] for a ~ N(mean, var), by Gauss-Hermite quadrature."""
-    x, wts = np.polynomial.hermite.hermgauss(nodes)
-    a = mean[:, None] + np.sqrt(2.0 * var)[:, None] * x[None, :]
-    return _sigmoid(a) @ (wts / np.sqrt(np.pi))
 
 
 def generate(subjects: int, days: int, seed: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -406,30 +296,19 @@ def generate(subjects: int, days: int, seed: int, params: dict[str, Any] | None 
     for t in range(1, T):
         z[:, t] = z[:, t - 1] @ A.T + drive[:, t] + eps[:, t]
     offset = g @ D.T + d  # [N, T, M]
-    y = z @ C.T + offset + rng.standard_normal((N, T, 4)) * np.sqrt(r)
-    y = np.round(y, FLOAT_DECIMALS["measurement"])
-    y = np.where(obs, y, np.nan)
+    M = len(MEASUREMENTS)
+    # Every measurement is drawn at every hour; the asked feature's draw at an askable hour is the answer
+    # the patient would give if asked then (the logged value where it was logged).
+    full = z @ C.T + offset + rng.standard_normal((N, T, M)) * np.sqrt(r)
+    full = np.round(full, FLOAT_DECIMALS["measurement"])
+    y = np.where(obs, full, np.nan)
+    answer = np.where(askable(feats, UNASKABLE_WHEN), full[..., ASKED_INDEX], np.nan)  # [N, T]
 
-    post = smooth(
-        y - offset,
-        obs,
-        drive,
-        q,
-        r,
-        A,
-        C,
-        P["mu0"],
-        P["Sigma0"],
-        target=P["w"],
-        query_row=C[DIARY],
-        query_var=r[..., DIARY],
-    )
-    # The diary can only be asked while awake and adds nothing where it was already logged.
-    qv = np.where((feats["asleep"] > 0) | obs[..., DIARY], 0.0, post.query_value)
+    model = ExactModel(y - offset, obs, answer - offset[..., ASKED_INDEX], drive, q, r, P, ASKED_INDEX)
+    post = model.base()  # query values, and the scalars that the asking references condition on
     logit_true = z[:, T - 1] @ P["w"] + P["b"]
-    p_true = _sigmoid(logit_true)
+    p_true = sigmoid(logit_true)
     y_next = (rng.random(N) < p_true).astype(np.int64)
-    p_bayes = expected_sigmoid(post.target_mean + P["b"], post.target_var)
     return {
         "subject": data["subject"],
         "day": data["day"],
@@ -438,73 +317,17 @@ def generate(subjects: int, days: int, seed: int, params: dict[str, Any] | None 
         "obs": obs,
         "z": z,
         "post_mean": post.mean,
-        "post_std": np.sqrt(post.var),
-        "query_value": qv,
+        "post_std": post.std,
+        "query_value": post.query_value,  # 0 outside the pool (unaskable or logged)
+        "answer": answer,
+        "model": model,
         "y_next": y_next,
         "p_true": p_true,
-        "p_bayes": p_bayes,
+        "p_bayes": post.p_bayes,
         "target_mean": post.target_mean,  # [N] E[w.Z_23 | obs]
         "target_var": post.target_var,  # [N] Var(w.Z_23 | obs)
         "habitual_subject": habitual_subject,
     }
-
-
-# --- reference figures ------------------------------------------------------------------------------------
-
-
-def trigger_flags(sim: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Daily trigger flags [N] as the literature names them, from the written columns only."""
-    f = sim["feats"]
-    asleep = f["asleep"] > 0
-    stress = sim["z"][..., 0]
-    daily_caf = f["caffeine_mg"].sum(1)
-    sub = sim["subject"]
-    habit = np.bincount(sub, daily_caf) / np.bincount(sub)
-    return {
-        "stress_letdown": stress[:, 8:20].max(1) - stress[:, T - 1] > 1.2,
-        "poor_sleep": asleep.sum(1) < 6,  # under 6 h asleep in the window
-        "menstrual_window": f["menstrual_window"][:, 0] > 0,
-        "heavy_alcohol": f["alcohol_drinks"].sum(1) >= 5,
-        "caffeine_withdrawal": (habit[sub] >= HABITUAL_MG) & (daily_caf == 0),
-        "pressure_fall": f["pressure_hpa"][:, T - 1] - f["pressure_hpa"][:, 0] < -5.0,
-    }
-
-
-def _flat_features(sim: dict[str, Any], rows: np.ndarray) -> np.ndarray:
-    """Flattened windows [n, 24 * (F + M)]: every feature (NaN where missing) and the measurement masks."""
-    f = sim["feats"]
-    cols = [f[name][rows] for name in INPUTS] + [sim["y"][rows, :, j] for j in range(len(MEASUREMENTS))]
-    x = np.stack(cols, axis=2).reshape(len(rows), -1)
-    mask = sim["obs"][rows].reshape(len(rows), -1).astype(np.float64)
-    return np.concatenate([x, mask], axis=1)
-
-
-def logreg_baseline(sim: dict[str, Any], split_rows: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Logistic regression on flattened train windows: standardised, mean-imputed, plus missing masks."""
-    from sklearn.linear_model import LogisticRegression
-
-    xtr = _flat_features(sim, split_rows["train"])
-    seen = ~np.isnan(xtr)
-    count = np.maximum(seen.sum(0), 1)  # a diary hour may never be logged in a small train split
-    mu = np.where(seen, xtr, 0.0).sum(0) / count
-    sd = np.sqrt(np.where(seen, (xtr - mu) ** 2, 0.0).sum(0) / count)
-    sd[~(sd > 0)] = 1.0
-
-    def prep(x: np.ndarray) -> np.ndarray:
-        z = (x - mu) / sd
-        return np.where(np.isnan(z), 0.0, z)
-
-    C = 0.05
-    # tol 1e-3: 25 lbfgs steps instead of 73, validation AUC within 0.002 of the converged fit.
-    model = LogisticRegression(C=C, tol=1e-3, max_iter=500)
-    model.fit(prep(xtr), sim["y_next"][split_rows["train"]])
-    out: dict[str, Any] = {"C": C, "tol": 1e-3, "n_inputs": int(xtr.shape[1]), "splits": {}}
-    for split, rows in split_rows.items():
-        if not len(rows):
-            continue
-        p = model.predict_proba(prep(_flat_features(sim, rows)))[:, 1]
-        out["splits"][split] = binary_scores(p, sim["y_next"][rows])
-    return out
 
 
 # --- files -------------------------------------------------------------------------------------------------
@@ -512,7 +335,7 @@ def logreg_baseline(sim: dict[str, Any], split_rows: dict[str, np.ndarray]) -> d
 
 def columns() -> list[str]:
     """CSV header, in order."""
-    cols = ["window_id", "subject_id", "day", "hour", *DEFAULT_FEATURES]
+    cols = ["window_id", "subject_id", "day", "hour", *DEFAULT_FEATURES, ANSWER_COLUMN]
     for name in DEFAULT_LATENTS:
         cols += [f"z_{name}", f"post_mean_{name}", f"post_std_{name}"]
     return cols + ["query_value", "y_next", "p_true", "p_bayes"]
@@ -548,6 +371,8 @@ def _table(sim: dict[str, Any], rows: np.ndarray, days: int):
     for j, name in enumerate(MEASUREMENTS):
         v = y[:, :, j].ravel()
         data[name] = pa.array(v, mask=np.isnan(v))  # NaN -> null -> empty cell
+    v = sim["answer"][rows].ravel()
+    data[ANSWER_COLUMN] = pa.array(v, mask=np.isnan(v))
     z, mean, std = sim["z"][rows], sim["post_mean"][rows], sim["post_std"][rows]  # [n, 24, Z]
     for i, name in enumerate(DEFAULT_LATENTS):
         data[f"z_{name}"] = z[:, :, i].ravel()
@@ -603,14 +428,6 @@ class _Progress:
 
 
 # --- entry points ------------------------------------------------------------------------------------------
-
-TARGETS = {
-    "base_rate": [0.15, 0.30],
-    "val_bayes_auc": [0.70, 0.85],
-    "latent_auc_above_bayes": True,
-    "logreg_auc_gap_min": 0.02,
-    "best_fixed_share_max": 0.7,
-}
 
 
 def split_subjects(subjects: int, val_frac: float, test_frac: float, seed: int) -> dict[str, np.ndarray]:
@@ -692,12 +509,15 @@ def _simulate(subjects, days, seed, out_dir, val_frac, test_frac, progress) -> d
     logreg = logreg_baseline(sim, split_rows) if len(np.unique(sim["y_next"][train_rows])) == 2 else None
     tick("reference figures (oracle, logistic regression, best fixed hours) done")
     flags = trigger_flags(sim)
-    trig = _trigger_odds(flags, sim["y_next"])
+    trig = trigger_odds(flags, sim["y_next"])
     splits: dict[str, Any] = {}
-    for k, rows in split_rows.items():
-        splits[k] = _split_figures(
+    for i, (k, rows) in enumerate(split_rows.items()):
+        splits[k] = split_figures(
             sim, rows, len(split_ids[k]), best_hours, logreg["splits"].get(k) if logreg else None
         )
+        if len(rows):
+            splits[k].update(asking_figures(sim, rows, best_hours, np.random.default_rng([seed, 13, i])))
+    tick("asking references (greedy oracle, best fixed, random askable hours) done")
     for fut in futures:
         fut.result()
     pool.shutdown()
@@ -714,71 +534,12 @@ def _simulate(subjects, days, seed, out_dir, val_frac, test_frac, progress) -> d
     return _jsonable(meta)
 
 
-def _split_figures(
-    sim: dict[str, Any], rows: np.ndarray, n_subjects: int, best_hours: np.ndarray, logreg: dict | None
-) -> dict[str, Any]:
-    """Oracle and baseline figures of one split, every one computed from the values written to its CSV."""
-    out: dict[str, Any] = {"subjects": n_subjects, "n_windows": int(len(rows)), "n_rows": int(len(rows) * T)}
-    if not len(rows):  # an empty split (e.g. --val-frac 0) has no figures
-        return out
-    y = sim["y_next"][rows]
-    qv = sim["query_value"][rows]  # [n, 24]
-    var = sim["post_std"][rows] ** 2  # [n, 24, Z]
-    oracle_q = oracle_value(qv, BEST_K).sum()
-    out.update(
-        {
-            "base_rate": float(y.mean()),
-            "oracle": binary_scores(sim["p_bayes"][rows], y),
-            "latent_oracle": binary_scores(sim["p_true"][rows], y),
-            "post_var_floor": float(var.mean()),
-            "post_var_floor_per_latent": dict(
-                zip(DEFAULT_LATENTS, var.mean(axis=(0, 1)).tolist(), strict=True)
-            ),
-            "logreg_auc": logreg["auc"] if logreg else None,
-            "logreg_brier": logreg["brier"] if logreg else None,
-            "best_fixed_share": float(qv[:, best_hours].sum() / oracle_q) if oracle_q > 0 else None,
-            "oracle_top3_query_value": float(oracle_q / len(rows)),
-            "query_value_mean": float(qv.mean()),
-        }
-    )
-    return out
-
-
-def _trigger_odds(flags: dict[str, np.ndarray], y: np.ndarray) -> dict[str, Any]:
-    """Odds ratios of a joint (nearly unpenalised) logistic regression of y_next on the daily flags."""
-    from sklearn.linear_model import LogisticRegression
-
-    X = np.stack([v.astype(np.float64) for v in flags.values()], axis=1)
-    usable = X.std(0) > 0
-    out = {
-        "prevalence": dict(zip(flags, X.mean(0).tolist(), strict=True)),
-        "odds_ratio": dict.fromkeys(flags),
-    }
-    if usable.any() and 0 < y.sum() < len(y):
-        model = LogisticRegression(C=1e4, max_iter=1000).fit(X[:, usable], y)
-        for name, coef in zip(np.array(list(flags))[usable], model.coef_[0], strict=True):
-            out["odds_ratio"][str(name)] = float(np.exp(coef))
-    return out
-
-
 def _meta(subjects, days, seed, val_frac, test_frac, P, split_ids, splits, logreg, best_hours, trig):
     feats = [
         {"name": n, "unit": UNITS[n], "kind": "measurement" if n in MEASUREMENTS else "input"}
         for n in DEFAULT_FEATURES
     ]
-    val = splits["val"] if splits["val"]["n_windows"] else splits["train"]
-    checks = {
-        "base_rate": TARGETS["base_rate"][0]
-        <= (splits["train"]["base_rate"] or 0)
-        <= TARGETS["base_rate"][1],
-        "val_bayes_auc": TARGETS["val_bayes_auc"][0]
-        <= (val["oracle"]["auc"] or 0)
-        <= TARGETS["val_bayes_auc"][1],
-        "latent_auc_above_bayes": (val["latent_oracle"]["auc"] or 0) > (val["oracle"]["auc"] or 1),
-        "logreg_auc_gap": val["logreg_auc"] is not None
-        and (val["oracle"]["auc"] or 0) - val["logreg_auc"] >= TARGETS["logreg_auc_gap_min"],
-        "best_fixed_share": (val["best_fixed_share"] or 1) <= TARGETS["best_fixed_share_max"],
-    }
+    checks = realism_checks(splits)
     return {
         "generator": "aline.simulate",
         "seed": seed,
@@ -805,26 +566,15 @@ def _meta(subjects, days, seed, val_frac, test_frac, P, split_ids, splits, logre
                 "y_next ~ Bernoulli(sigmoid(w . Z_23 + b))",
             ],
             "g": list(G_NAMES),
-            "context_noise": [
-                "q_t[stress] = q_base[stress] * (q_stress_asleep_factor if asleep else 1)"
-                " * (1 + q_stress_skipped_meal_gain * min(skipped_meal_last4h, 1)"
-                " + q_stress_pressure_drop_gain * pressure_drop_hpa)",
-                "r_t[heart_rate] = r_base[heart_rate] * (1 + r_heart_rate_per_ksteps * steps / 1000)",
-                "r_t[hrv] = r_base[hrv] * (r_hrv_active_factor if steps > 1500 else 1)",
-            ],
-            "g_definitions": {
-                "skipped_meal_last4h": "skipped meals in hours t-3..t",
-                "pressure_drop_hpa": "max(0, -pressure_change_3h - 0.3)",
-                "heavy_drinking_so_far": "1 once the day's drinks up to hour t reach 5",
-                "caffeine_withdrawal": "habitual user, no caffeine yet today, awake, hour >= 10",
-                "habitual_user": f"subject's mean daily caffeine over its days >= {HABITUAL_MG:g} mg",
-            },
+            "context_noise": CONTEXT_NOISE,
+            "g_definitions": G_DEFINITIONS,
             "params": P,
             "measurement_rounding_decimals": 2,
         },
         "habits": HABITS,
-        "query_value": "Var(w.Z_23 | obs) - Var(w.Z_23 | obs + diary stress rating at hour t); "
-        "0 while asleep or where the diary was logged",
+        "asking": ASKING,
+        "query_value": f"Var(w.Z_23 | obs) - Var(w.Z_23 | obs + {ASKED} answered at hour t); "
+        "0 outside the pool (an unaskable hour, or one where it was logged)",
         "p_bayes": "E[sigmoid(w.Z_23 + b) | obs], 48-node Gauss-Hermite quadrature",
         "splits": splits,
         "baselines": {
@@ -832,44 +582,15 @@ def _meta(subjects, days, seed, val_frac, test_frac, P, split_ids, splits, logre
             "best_fixed_hours": best_hours.tolist(),
             "best_fixed_k": BEST_K,
             "best_fixed_note": "chosen on train by mean query value; share = its summed query value / the "
-            "summed query value of each window's own best 3 hours",
+            "summed query value of each window's own best 3 hours (the trainer's policy_value); "
+            "*_set_share: the exact variance cut of the set's answers / that of the greedy oracle's; "
+            "*_cut_share: mean over windows of that cut / Var(w.Z_23 | D0); asked.<strategy>: exact-Bayes "
+            "AUC and Brier of the forecast given D0 plus that strategy's answers (fixed hours outside a "
+            "window's pool are not asked); random: k pool hours drawn uniformly (seed [seed, 13, split])",
         },
         "triggers": trig,
         "realism": {"targets": TARGETS, "checks": checks},
     }
-
-
-def realism_summary(meta: dict[str, Any]) -> str:
-    """A few lines comparing the realised figures with the design's targets (val, or train if no val)."""
-    s = meta["splits"]
-    name = "val" if s["val"]["n_windows"] else "train"
-    val = s[name]
-    chk = meta["realism"]["checks"]
-
-    def mark(ok: bool) -> str:
-        return "ok " if ok else "OUT"
-
-    def num(x: Any, digits: int = 3) -> str:
-        return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
-
-    bayes = val["oracle"]["auc"]
-    gap_bar = num(bayes - 0.02) if bayes is not None else "n/a"
-    ors = ", ".join(f"{k} {num(v, 2)}" for k, v in meta["triggers"]["odds_ratio"].items())
-    return "\n".join(
-        [
-            f"realism ({name} split unless noted; target in brackets):",
-            f"  {mark(chk['base_rate'])} base rate train {num(s['train']['base_rate'])}  [0.15-0.30]",
-            f"  {mark(chk['val_bayes_auc'])} Bayes AUC (p_bayes) {num(bayes)}  [0.70-0.85]",
-            f"  {mark(chk['latent_auc_above_bayes'])} latent-oracle AUC (p_true) "
-            f"{num(val['latent_oracle']['auc'])}  [above Bayes]",
-            f"  {mark(chk['logreg_auc_gap'])} logistic-regression AUC {num(val['logreg_auc'])}"
-            f"  [<= {gap_bar}]",
-            f"  {mark(chk['best_fixed_share'])} best fixed hours {meta['baselines']['best_fixed_hours']} get "
-            f"{num(val['best_fixed_share'])} of the oracle query value  [<= 0.70]",
-            f"  posterior variance floor {num(val['post_var_floor'], 4)}",
-            f"  trigger odds ratios (all windows): {ors}",
-        ]
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

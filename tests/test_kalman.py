@@ -78,3 +78,22 @@ def test_bad_shapes_are_named():
     A, C, mu0, Sigma0, b, q, r, obs, y = _random_problem(0)
     with pytest.raises(ValueError, match="obs"):
         smooth(y, obs[:, :-1], b, q, r, A, C, mu0, Sigma0)
+
+
+def test_query_cov_is_the_joint_posterior_of_the_query_scalars():
+    A, C, mu0, Sigma0, b, q, r, obs, y = _random_problem(5)
+    n, T, _ = y.shape
+    Z = A.shape[0]
+    w = np.array([0.3, -0.8, 1.1, 0.5])
+    qrow = np.array([0.0, 1.4, 0.3, 1.8])
+    post = smooth(y, obs, b, q, r, A, C, mu0, Sigma0, target=w, query_row=qrow, query_cov=True, chunk=3)
+    H = np.zeros((T, T * Z))  # rows: q·Z_t
+    for t in range(T):
+        H[t, t * Z : (t + 1) * Z] = qrow
+    wide = np.zeros(T * Z)
+    wide[(T - 1) * Z :] = w
+    for i in range(n):
+        m, S = _condition(*_joint_prior(A, mu0, Sigma0, b[i], q[i]), C, obs[i], y[i], r[i])
+        np.testing.assert_allclose(post.query_mean[i], H @ m, atol=1e-8)
+        np.testing.assert_allclose(post.query_cov[i], H @ S @ H.T, atol=1e-8)
+        np.testing.assert_allclose(post.query_cross[i], H @ S @ wide, atol=1e-8)
