@@ -5,8 +5,6 @@ Every test writes real CSV files; references are built from the arrays the test 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from aline.config import ColumnsConfig, ConfigError, DataConfig, load_config
 from aline.data import HOURS, MISSING_MARKERS, DataError, feature_report, load_splits, read_split
 from aline.predict import load as load_predictor
 from aline.predict import load_state_dict
+from aline.predict import main as predict_main
 
 FEATURES = ["hr_bpm", "sleep_h", "diary"]
 COLUMNS = ColumnsConfig(
@@ -278,22 +277,8 @@ def test_cohort_csv_trains_and_predicts_end_to_end(tmp_path: Path, one_torch_thr
     src = write(df, tmp_path / "new.csv")
     out = tmp_path / "pred.csv"
     hourly = tmp_path / "hourly.csv"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aline.predict",
-            str(result.run_dir),
-            str(src),
-            "--out",
-            str(out),
-            "--hourly-out",
-            str(hourly),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+    code = predict_main([str(result.run_dir), str(src), "--out", str(out), "--hourly-out", str(hourly)])
+    assert code == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "window_id,p_next,topk_hours"
     written = [line.split(",")[0] for line in lines[1:]]
@@ -325,7 +310,7 @@ def test_no_sigma_columns_train_the_posterior_by_nll(tmp_path: Path, one_torch_t
 
 
 def test_init_from_starts_from_the_runs_weights_and_names_feature_differences(
-    tmp_path: Path, one_torch_thread
+    tmp_path: Path, one_torch_thread, capsys
 ) -> None:
     data = tmp_path / "data"
     write_cohort(data)
@@ -352,17 +337,14 @@ def test_init_from_starts_from_the_runs_weights_and_names_feature_differences(
         df["extra"] = "1.5"
         df.loc[0, "extra"] = "2"
         df.to_csv(path, index=False)
-    proc = subprocess.run(
-        [sys.executable, "-m", "aline.train", "--init-from", str(first.run_dir), *common, *other],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "features differ" in proc.stderr and "['extra']" in proc.stderr and "['diary']" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    # The command line, in-process (the CLI's own argument parsing and exit code; no interpreter start-up).
+    assert train_mod.main(["--init-from", str(first.run_dir), *common, *other]) == 2
+    err = capsys.readouterr().err
+    assert "features differ" in err and "['extra']" in err and "['diary']" in err
+    assert "Traceback" not in err
 
 
-def test_cli_reports_data_problems_of_every_split_with_exit_2(tmp_path: Path) -> None:
+def test_cli_reports_data_problems_of_every_split_with_exit_2(tmp_path: Path, capsys) -> None:
     data = tmp_path / "data"
     write_cohort(data)
     for split in ("val", "test"):
@@ -370,13 +352,8 @@ def test_cli_reports_data_problems_of_every_split_with_exit_2(tmp_path: Path) ->
         df = pd.read_csv(path, keep_default_na=False, dtype=str)
         df.loc[0, "hr_bpm"] = "fast"
         df.to_csv(path, index=False)
-    proc = subprocess.run(
-        [sys.executable, "-m", "aline.train", f"data.dir={data}", f"run.dir={tmp_path / 'runs'}", *COHORT],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert (
-        "cohort_val.csv: column 'hr_bpm'" in proc.stderr and "cohort_test.csv: column 'hr_bpm'" in proc.stderr
-    )
+    assert train_mod.main([f"data.dir={data}", f"run.dir={tmp_path / 'runs'}", *COHORT]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "cohort_val.csv: column 'hr_bpm'" in err and "cohort_test.csv: column 'hr_bpm'" in err
     assert not (tmp_path / "runs").exists()
