@@ -96,10 +96,11 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
             "(data.columns.latent_prefix, data.columns.latents); without them use loss.posterior=auto or none"
         )
     if posterior == "mse" and cfg.loss.sigma_target == "posterior" and raw.sigma is None:
+        sigma_cols = cols.sigma_columns()
+        where = "data.columns.sigma_prefix is null" if sigma_cols is None else f"the file lacks {sigma_cols}"
         problems.append(
-            f"loss.posterior=mse with loss.sigma_target=posterior needs the posterior std columns "
-            f"{cols.sigma_columns()} (data.columns.sigma_prefix); use loss.posterior=nll (or auto), which "
-            "needs no sigma target"
+            f"loss.posterior=mse with loss.sigma_target=posterior needs the posterior std columns ({where}); "
+            "use loss.posterior=nll (or auto), which needs no sigma target"
         )
     if cfg.policy.reward == "query_value" and raw.query_value is None:
         problems.append(

@@ -15,7 +15,7 @@ import yaml
 
 import aline.train as train_mod
 from aline import contract
-from aline.config import ColumnsConfig, ConfigError, DataConfig, load_config
+from aline.config import DEFAULT_LATENTS, ColumnsConfig, ConfigError, DataConfig, load_config
 from aline.data import HOURS, MISSING_MARKERS, DataError, feature_report, load_splits, read_split
 from aline.predict import load as load_predictor
 from aline.predict import load_state_dict
@@ -148,7 +148,7 @@ def test_typo_in_an_optional_mapping_is_an_error_and_null_leaves_it_out(tmp_path
     assert read_split(path, COLUMNS).p_bayes is None
     with pytest.raises(DataError, match="data.columns.p_bayes maps.*'p_bayse'"):
         read_split(path, COLUMNS.model_copy(update={"p_bayes": "p_bayse"}))
-    with pytest.raises(DataError, match="data.columns.latent_prefix.*'L_stress'"):
+    with pytest.raises(DataError, match=f"data.columns.latent_prefix.*'L_{DEFAULT_LATENTS[0]}'"):
         read_split(path, COLUMNS.model_copy(update={"latent_prefix": "L_"}))
 
 
@@ -273,7 +273,7 @@ def test_cohort_csv_trains_and_predicts_end_to_end(tmp_path: Path, one_torch_thr
     # Predict input: only id, hour and features matter; a blank label, a bad label and junk are ignored.
     df, _ = cohort(range(14, 18), seed=2)
     df["migraine"] = np.where(np.arange(len(df)) % 2, "", "2")
-    df["z_stress"] = ""  # a partial, blank latent set
+    df[f"z_{DEFAULT_LATENTS[0]}"] = ""  # a partial, blank latent set
     src = write(df, tmp_path / "new.csv")
     out = tmp_path / "pred.csv"
     hourly = tmp_path / "hourly.csv"
@@ -304,8 +304,12 @@ def test_no_sigma_columns_train_the_posterior_by_nll(tmp_path: Path, one_torch_t
     resolved = train_mod.resolve_config(load_config(None, base), splits)
     assert resolved.loss.posterior == "nll" and resolved.loss.bce_into_encoder is False
     # Asking for the sigma target explicitly is a data error naming the key, before any run folder.
-    with pytest.raises(DataError, match="loss.posterior=mse with loss.sigma_target=posterior needs"):
+    with pytest.raises(DataError, match="loss.posterior=mse with loss.sigma_target=posterior needs") as info:
         train_mod.prepare_data(load_config(None, [*base, "loss.posterior=mse"]), announce=lambda _: None)
+    assert f"'post_std_{DEFAULT_LATENTS[0]}'" in str(info.value) and "None" not in str(info.value)
+    null = [*base, "loss.posterior=mse", "data.columns.sigma_prefix=null"]
+    with pytest.raises(DataError, match="sigma_prefix is null"):
+        train_mod.prepare_data(load_config(None, null), announce=lambda _: None)
     assert not (tmp_path / "runs").exists()
 
 
