@@ -100,10 +100,11 @@ def test_two_epochs_write_the_whole_run_folder(tiny_data: Path, tmp_path: Path) 
     assert float(vals[-1]["brier"]) == pytest.approx(np.mean((p - y) ** 2), abs=1e-6)
 
     best = run / status["best"]["checkpoint"]
-    assert best.is_file() and status["best"]["metric"] == "auc"
+    # The default selection metric is the val total loss (lower is better).
+    assert best.is_file() and status["best"]["metric"] == "loss"
     assert "model" in torch.load(best, map_location="cpu", weights_only=True)
-    best_auc = max(float(r["auc"]) for r in vals)
-    assert status["best"]["value"] == pytest.approx(best_auc)
+    best_loss = min(float(r["loss"]) for r in vals)
+    assert status["best"]["value"] == pytest.approx(best_loss)
 
     cal = read_rows(run / contract.CALIBRATION_FILE)
     for epoch in (1, 2):
