@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_DATA_DIR = "data"
+DEFAULT_PREFIX = "synthetic_migraine"
 DEFAULT_FEATURES = (
     "asleep",
     "caffeine_mg",
@@ -48,15 +49,23 @@ class _Section(BaseModel):
 
 
 class ColumnsConfig(_Section):
-    """Which CSV columns play which role; defaults match ``python -m aline.simulate``."""
+    """Which CSV columns play which role; defaults match ``python -m aline.simulate``.
+
+    Optional roles (subject id, latents, posterior std/mean, query value, p_bayes, p_true) are read when
+    the CSV has them. A column name that the user chose (any value other than the built-in default) must
+    exist, so a typo is an error rather than a silently absent role; ``null`` leaves a role out.
+    """
 
     window_id: str = "window_id"
     hour: str = "hour"
     label: str = "y_next"
+    subject_id: str | None = "subject_id"
     features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES), min_length=1)
+    # Latent names: the dimensions of the model's posterior. Their target columns <latent_prefix><name>
+    # are optional: without them (or with latent_prefix null) the run trains on the labels alone.
     latents: list[str] = Field(default_factory=lambda: list(DEFAULT_LATENTS), min_length=1)
-    latent_prefix: str = "z_"
-    post_mean_prefix: str = "post_mean_"
+    latent_prefix: str | None = "z_"
+    post_mean_prefix: str | None = "post_mean_"
     # Column prefix of the per-hour posterior std used as sigma target; null when the CSV has none.
     sigma_prefix: str | None = "post_std_"
     query_value: str | None = "query_value"
@@ -66,19 +75,36 @@ class ColumnsConfig(_Section):
     # cannot be asked). Null or empty: no question can be asked, so no closed loop.
     answers: dict[str, str] | None = Field(default_factory=lambda: dict(DEFAULT_ANSWERS))
 
-    def latent_columns(self) -> list[str]:
-        return [self.latent_prefix + n for n in self.latents]
+    def _group(self, prefix: str | None) -> list[str] | None:
+        if prefix is None:
+            return None
+        return [prefix + n for n in self.latents]
+
+    def latent_columns(self) -> list[str] | None:
+        return self._group(self.latent_prefix)
 
     def sigma_columns(self) -> list[str] | None:
-        return None if self.sigma_prefix is None else [self.sigma_prefix + n for n in self.latents]
+        return self._group(self.sigma_prefix)
 
-    def post_mean_columns(self) -> list[str]:
-        return [self.post_mean_prefix + n for n in self.latents]
+    def post_mean_columns(self) -> list[str] | None:
+        return self._group(self.post_mean_prefix)
+
+    def is_default_mapping(self, role: str) -> bool:
+        """Whether ``role``'s columns are the built-in (simulator) names, which may be absent from a CSV."""
+        default = ColumnsConfig()
+        if role in ("latents", "sigma", "post_mean"):
+            getter = {
+                "latents": ColumnsConfig.latent_columns,
+                "sigma": ColumnsConfig.sigma_columns,
+                "post_mean": ColumnsConfig.post_mean_columns,
+            }[role]
+            return getter(self) == getter(default)
+        return getattr(self, role) == getattr(default, role)
 
 
 class DataConfig(_Section):
     dir: str = DEFAULT_DATA_DIR
-    prefix: str = "synthetic_migraine"
+    prefix: str = DEFAULT_PREFIX
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
 
     def split_path(self, split: str) -> Path:
@@ -92,6 +118,11 @@ class DataConfig(_Section):
     def is_default_dir(self) -> bool:
         # Only the default folder may be filled by the simulator: a typo in an explicit path must fail.
         return Path(self.dir) == Path(DEFAULT_DATA_DIR)
+
+    @property
+    def is_simulator_prefix(self) -> bool:
+        """Whether the file names are the simulator's (only then is "run the simulator" a useful hint)."""
+        return self.prefix == DEFAULT_PREFIX
 
 
 class ModelConfig(_Section):
@@ -136,19 +167,29 @@ class SchedConfig(_Section):
 
 
 class TrainerConfig(_Section):
+    # A run folder whose weights and normaliser start this run (fine-tuning); its features must match.
+    init_from: str | None = None
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     log_every: int = Field(20, ge=1)
 
 
+PosteriorLoss = Literal["auto", "mse", "nll", "none"]
+
+
 class LossConfig(_Section):
-    lam: float = Field(1.0, ge=0.0, description="λ: weight of MSE(sigma_z, σ*) inside L_post")
+    # auto: mse (with the posterior-std columns as sigma target) when the CSV has them, Gaussian NLL when
+    # it has latents but no posterior std, none when it has no latents (labels only). The trainer writes
+    # the resolved choice into the run's config.yaml.
+    posterior: PosteriorLoss = "auto"
+    lam: float = Field(1.0, ge=0.0, description="λ: weight of MSE(sigma_z, σ*) inside L_post (mse only)")
     alpha: float = Field(0.1, ge=0.0, description="α: weight of the policy loss")
     beta: float = Field(1.0, ge=0.0, description="β: weight of the next-day BCE")
     sigma_target: Literal["posterior", "constant"] = "posterior"
     sigma_constant: float = Field(0.5, gt=0.0)
-    bce_into_encoder: bool = False
+    # auto: false with latent targets (labels train only w, b), true without (labels are all there is).
+    bce_into_encoder: bool | Literal["auto"] = "auto"
 
 
 class PolicyConfig(_Section):
@@ -167,15 +208,32 @@ class PolicyConfig(_Section):
         return self
 
 
+def _known_metric(name: str) -> str:
+    from aline.contract import VAL_METRICS
+
+    if name not in VAL_METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(VAL_METRICS)}")
+    return name
+
+
+# The validation total loss (L_post + α·L_policy + β·L_bce) serves both heads that have a target: val AUC
+# plateaued and stopped runs while the posterior was still improving (benchmarks/bench_real_data.py).
+DEFAULT_SELECTION_METRIC = "loss"
+
+
 class EarlyStopConfig(_Section):
-    metric: str = "auc"
+    metric: str = DEFAULT_SELECTION_METRIC
     patience: int | None = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
 
+    _metric = field_validator("metric")(_known_metric)
+
 
 class CheckpointConfig(_Section):
-    metric: str = "auc"
+    metric: str = DEFAULT_SELECTION_METRIC
     n_saved: int = Field(1, ge=1)
+
+    _metric = field_validator("metric")(_known_metric)
 
 
 class LoggingConfig(_Section):
@@ -212,28 +270,30 @@ class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
-    def _known_metrics(self) -> Config:
-        from aline.contract import VAL_METRICS
-
-        chosen = {"early_stop.metric": self.early_stop.metric, "checkpoint.metric": self.checkpoint.metric}
-        for key, name in chosen.items():
-            if name not in VAL_METRICS:
-                raise ValueError(f"{key}: unknown metric {name!r}; choose one of {', '.join(VAL_METRICS)}")
-        return self
-
-    @model_validator(mode="after")
     def _asking_uses_features(self) -> Config:
-        feats = set(self.data.columns.features)
+        # The built-in question (the simulator's symptom score, asleep/busy) only applies to data that has
+        # those features: left at their defaults they shrink to what the feature list holds, so a cohort
+        # config naming its own features needs no asking keys. Values the user set must fit exactly.
+        cols, policy = self.data.columns, self.policy
+        feats = set(cols.features)
+        if "answers" not in cols.model_fields_set and cols.answers:
+            kept = {f: a for f, a in cols.answers.items() if f in feats}
+            if kept != cols.answers:
+                cols.answers = kept or None
+        if "unaskable_when" not in policy.model_fields_set:
+            kept_flags = [f for f in policy.unaskable_when if f in feats]
+            if kept_flags != policy.unaskable_when:
+                policy.unaskable_when = kept_flags
         problems = [
             f"data.columns.answers: {name!r} is not in data.columns.features "
             "(data.columns.answers=null if your data has no question to ask)"
-            for name in (self.data.columns.answers or {})
+            for name in (cols.answers or {})
             if name not in feats
         ]
         problems += [
             f"policy.unaskable_when: {name!r} is not in data.columns.features "
             "(list only 0/1 feature columns, or [] if every hour can be asked)"
-            for name in self.policy.unaskable_when
+            for name in policy.unaskable_when
             if name not in feats
         ]
         if problems:
@@ -284,6 +344,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _override_keys(overrides: list[str]) -> dict[tuple[str, ...], str]:
+    """Dotted key path → the override text that set it, so errors can name the override, not the file."""
+    out = {}
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if sep and key:
+            out[tuple(key.split("."))] = item
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load ``path`` (YAML; built-in defaults when None), apply overrides, validate everything at once."""
     raw: dict[str, Any] = {}
@@ -300,25 +370,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
-    raw = _merge(raw, parse_overrides(list(overrides)))
+    overrides = list(overrides)
+    raw = _merge(raw, parse_overrides(overrides))
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, _override_keys(overrides))) from None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}): {err.error_count()} problem(s)"]
+def format_validation_error(
+    err: ValidationError, source: str, overrides: dict[tuple[str, ...], str] | None = None
+) -> str:
+    """One line per problem; a problem whose key (or a section above it) was set on the command line
+    names that override, the others name ``source`` (the YAML file, or the defaults)."""
+    overrides = overrides or {}
+    lines = [f"invalid config: {err.error_count()} problem(s)"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        loc = tuple(str(p) for p in e["loc"])
+        key = ".".join(loc)
+        origin = _origin(loc, overrides, source)
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key{_did_you_mean(e['loc'])}")
+            lines.append(f"  {key}: unknown key{_did_you_mean(e['loc'])} (from {origin})")
             continue
         got = e.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key or '<top>'}: {msg}{shown}")
+        lines.append(f"  {key or '<top>'}: {msg}{shown} (from {origin})")
     return "\n".join(lines)
+
+
+def _origin(loc: tuple[str, ...], overrides: dict[tuple[str, ...], str], source: str) -> str:
+    # The key itself or a section above it set on the command line; for a check over a whole section
+    # (loc = the section), the overrides inside it.
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in overrides:
+            return f"override {overrides[loc[:n]]!r}"
+    inside = [text for key, text in overrides.items() if loc and key[: len(loc)] == loc]
+    if inside:
+        return "override " + ", ".join(map(repr, inside))
+    return source if source == "defaults" else f"config file {source}"
 
 
 def _did_you_mean(loc: tuple[Any, ...]) -> str:

@@ -1,5 +1,9 @@
 """Turn the long hourly CSV (one row per window and hour) into validated ``[N, 24, ...]`` arrays and tensors.
 
+Window and subject ids are text, kept exactly as written (``S123-2024-05-01``, ``007``); windows are
+sorted by id, by value when every id is a whole number. A missing value is an empty cell or ``NA``, ``NaN``,
+``null`` in any case; any other text in a numeric column is an error.
+
 The CSV is parsed once by pyarrow with explicit column types, then everything else is whole-array NumPy:
 one sort by (window, hour), one reshape. Any problem in the file becomes a single :class:`DataError` naming
 the file, the column, the first offending CSV lines (header = line 1) and what is wrong with them.
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import torch
 from torch import Tensor
@@ -29,11 +34,13 @@ from aline.config import SPLITS, ColumnsConfig, DataConfig
 from aline.contract import HOURS, write_json_atomic
 
 __all__ = [
+    "MISSING_MARKERS",
     "DataError",
     "HOURS",
     "Normalizer",
     "RawSplit",
     "WindowDataset",
+    "feature_report",
     "keep_batch",
     "load_splits",
     "read_split",
@@ -58,7 +65,7 @@ class RawSplit:
     """One split as un-normalised NumPy arrays; windows sorted by id, hours 0..23 along axis 1."""
 
     path: Path
-    window_id: np.ndarray  # [N] int64
+    window_id: np.ndarray  # [N] object: ids as written (str), sorted (by value when all are whole numbers)
     features: np.ndarray  # [N, 24, F] float32, NaN where missing
     feature_names: tuple[str, ...]
     z: np.ndarray | None  # [N, 24, Z] float32
@@ -68,6 +75,10 @@ class RawSplit:
     query_value: np.ndarray | None  # [N, 24] float32
     p_bayes: np.ndarray | None  # [N] float32
     p_true: np.ndarray | None  # [N] float32
+    # Optional per-window or per-hour arrays go here as fields with a None default, read in read_split
+    # like the ones above (a per-hour [N, 24] array through ``hourly``), and reach the model through
+    # WindowDataset's ``optional`` table.
+    subject_id: np.ndarray | None = None  # [N] object (str), as written
 
     def __len__(self) -> int:
         return int(self.window_id.shape[0])
@@ -131,68 +142,114 @@ class _Plan:
     window_id: str
     hour: str
     features: list[str]
-    latents: list[str] | None
-    sigma: list[str] | None
-    post_mean: list[str] | None
-    label: str | None
-    query_value: str | None
-    p_bayes: str | None
-    p_true: str | None
+    subject_id: str | None = None
+    latents: list[str] | None = None
+    sigma: list[str] | None = None
+    post_mean: list[str] | None = None
+    label: str | None = None
+    query_value: str | None = None
+    p_bayes: str | None = None
+    p_true: str | None = None
+
+    def text_columns(self) -> list[str]:
+        """Columns read as text, exactly as written (ids)."""
+        return [c for c in (self.window_id, self.subject_id) if c is not None]
 
     def columns(self) -> list[str]:
         out = [self.window_id, self.hour, *self.features]
         for group in (self.latents, self.sigma, self.post_mean):
             out += group or []
-        out += [c for c in (self.label, self.query_value, self.p_bayes, self.p_true) if c is not None]
+        singles = (self.label, self.query_value, self.p_bayes, self.p_true, self.subject_id)
+        out += [c for c in singles if c is not None]
         return out
 
 
+# Optional roles: (role in ColumnsConfig.is_default_mapping, the config key a user sets, a description).
+_OPTIONAL_ROLES = (
+    ("subject_id", "data.columns.subject_id", "subject id"),
+    ("latents", "data.columns.latent_prefix/latents", "latent"),
+    ("sigma", "data.columns.sigma_prefix", "posterior std"),
+    ("post_mean", "data.columns.post_mean_prefix", "posterior mean"),
+    ("query_value", "data.columns.query_value", "query value"),
+    ("p_bayes", "data.columns.p_bayes", "p_bayes"),
+    ("p_true", "data.columns.p_true", "p_true"),
+)
+
+
+def _role_columns(columns: ColumnsConfig, role: str) -> list[str] | None:
+    if role == "latents":
+        return columns.latent_columns()
+    if role == "sigma":
+        return columns.sigma_columns()
+    if role == "post_mean":
+        return columns.post_mean_columns()
+    name = getattr(columns, role)
+    return None if name is None else [name]
+
+
+def _missing_text(names: list[str], header: list[str]) -> str:
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, header, n=1, cutoff=0.75)
+        hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    return ", ".join(hints)
+
+
+def _header_text(header: list[str]) -> str:
+    more = " ..." if len(header) > 40 else ""
+    return f"the header has {len(header)} columns: " + ", ".join(header[:40]) + more
+
+
 def _plan(path: Path, header: list[str], columns: ColumnsConfig, require_targets: bool) -> _Plan:
+    """Required: window id, hour, features (and the label when training). Optional roles are read when the
+    CSV has them; a column name the user chose that is not in the header is an error (a typo must not
+    silently drop a role), while the built-in simulator names may be absent. Prediction input
+    (``require_targets=False``) reads only the id, hour and feature columns and ignores everything else."""
     present = set(header)
     wanted = [columns.window_id, columns.hour, *columns.features]
     if require_targets:
-        wanted += [*columns.latent_columns(), columns.label]
-    dup_config = sorted({c for c in wanted if wanted.count(c) > 1})
-    if dup_config:
-        raise DataError(f"{path}: the column mapping uses {', '.join(map(repr, dup_config))} for two roles")
+        wanted.append(columns.label)
+    problems = []
     missing = [c for c in wanted if c not in present]
     if missing:
-        hints = []
-        for name in missing:
-            close = difflib.get_close_matches(name, header, n=1, cutoff=0.75)
-            hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(hints)}; the header has {len(header)} columns: "
-            + ", ".join(header[:40])
-            + (" ..." if len(header) > 40 else "")
-        )
+        problems.append(f"missing column(s) {_missing_text(missing, header)}")
+    roles: dict[str, list[str] | None] = {}
+    if require_targets:
+        for role, key, what in _OPTIONAL_ROLES:
+            names = _role_columns(columns, role)
+            have = [c for c in (names or []) if c in present]
+            if not names or (not have and columns.is_default_mapping(role)):
+                roles[role] = None
+            elif not have:
+                problems.append(
+                    f"{key} maps the {what} column(s) {_missing_text(names, header)}, which the file lacks "
+                    f"(set {key.split('/')[0]}=null to leave them out)"
+                )
+            elif len(have) < len(names):
+                # A group of per-latent columns is all-or-nothing: half of them is a broken file.
+                lacking = ", ".join(repr(c) for c in names if c not in present)
+                problems.append(f"{what} columns incomplete: has {have[0]!r} but is missing {lacking}")
+            else:
+                roles[role] = names
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems) + "; " + _header_text(header))
 
-    def group(names: list[str] | None, role: str) -> list[str] | None:
-        # A group of per-latent columns is all-or-nothing: half of them is a broken file, not an absent one.
-        if names is None:
-            return None
-        have = [c for c in names if c in present]
-        if not have:
-            return None
-        if len(have) < len(names):
-            lacking = ", ".join(repr(c) for c in names if c not in present)
-            raise DataError(f"{path}: {role} columns incomplete: has {have[0]!r} but is missing {lacking}")
-        return names
-
-    def single(name: str | None) -> str | None:
-        return name if name is not None and name in present else None
+    def single(role: str) -> str | None:
+        names = roles.get(role)
+        return names[0] if names else None
 
     plan = _Plan(
         window_id=columns.window_id,
         hour=columns.hour,
         features=list(columns.features),
-        latents=group(columns.latent_columns(), "latent"),
-        sigma=group(columns.sigma_columns(), "posterior std"),
-        post_mean=group(columns.post_mean_columns(), "posterior mean"),
-        label=single(columns.label),
-        query_value=single(columns.query_value),
-        p_bayes=single(columns.p_bayes),
-        p_true=single(columns.p_true),
+        subject_id=single("subject_id"),
+        latents=roles.get("latents"),
+        sigma=roles.get("sigma"),
+        post_mean=roles.get("post_mean"),
+        label=columns.label if require_targets else None,
+        query_value=single("query_value"),
+        p_bayes=single("p_bayes"),
+        p_true=single("p_true"),
     )
     used = plan.columns()
     twice = sorted({c for c in used if header.count(c) > 1})
@@ -206,19 +263,34 @@ def _plan(path: Path, header: list[str], columns: ColumnsConfig, require_targets
     return plan
 
 
+def _case_variants(word: str) -> list[str]:
+    out = [""]
+    for ch in word:
+        out = [p + v for p in out for v in {ch.lower(), ch.upper()}]
+    return out
+
+
+# Cells that mean "missing", case-insensitive (design: an empty cell; users' tools also write these).
+# pyarrow matches null markers exactly, so every case variant is listed. Any other text is an error.
+MISSING_MARKERS = ("", *(v for w in ("NA", "NaN", "null") for v in _case_variants(w)))
+
+
 def _parse(path: Path, header: list[str], plan: _Plan) -> pa.Table:
     wanted = plan.columns()
     # float32 is what the model sees; parsing straight to it halves every later pass over the data, and a
     # value too large for it (1e39) parses as inf, which validation then rejects like a written "inf".
     types = {c: pa.float32() for c in wanted}
-    types[plan.window_id] = pa.int64()
+    for c in plan.text_columns():
+        types[c] = pa.string()  # ids are given back exactly as written: "007" stays "007"
     try:
         return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(use_threads=_PARSE_THREADS),
-            # Only an empty cell is missing (design.md); "NA" or "n/a" is text and gets reported as such.
             convert_options=pacsv.ConvertOptions(
-                include_columns=wanted, column_types=types, null_values=[""]
+                include_columns=wanted,
+                column_types=types,
+                null_values=list(MISSING_MARKERS),
+                strings_can_be_null=True,
             ),
         )
     except pa.ArrowException as err:
@@ -246,7 +318,7 @@ def _diagnose(path: Path, header: list[str], plan: _Plan, arrow_msg: str) -> Dat
             convert_options=pacsv.ConvertOptions(
                 include_columns=wanted,
                 column_types={c: pa.string() for c in wanted},
-                null_values=[""],
+                null_values=list(MISSING_MARKERS),
                 strings_can_be_null=True,
             ),
         )
@@ -260,15 +332,10 @@ def _diagnose(path: Path, header: list[str], plan: _Plan, arrow_msg: str) -> Dat
                         f"{path}: line {lineno}: not UTF-8 text ({bad.reason} at byte {bad.start})"
                     )
         return DataError(f"{path}: cannot read it as a CSV of numbers ({arrow_msg}; {err})")
-    for name in [c for c in header if c in wanted]:
+    for name in [c for c in header if c in wanted and c not in plan.text_columns()]:
         text = as_text.column(name).to_pandas()
-        if name == plan.window_id:
-            filled = text.fillna("0")
-            bad = ~filled.str.fullmatch(r"-?[0-9]+").to_numpy(dtype=bool)
-            problem = "window ids must be whole numbers"
-        else:
-            bad = (pd.to_numeric(text, errors="coerce").isna() & text.notna()).to_numpy(dtype=bool)
-            problem = "text in a numeric column"
+        bad = (pd.to_numeric(text, errors="coerce").isna() & text.notna()).to_numpy(dtype=bool)
+        problem = "text in a numeric column (missing values: an empty cell, NA, NaN or null)"
         rows = np.flatnonzero(bad)
         if len(rows):
             return _bad_rows_error(path, name, problem, rows, lambda r, text=text: repr(text.iloc[r]))
@@ -329,10 +396,11 @@ def _block_order(wid: np.ndarray, hour: np.ndarray) -> np.ndarray | None:
 
 
 def _window_order(
-    path: Path, plan: _Plan, wid: np.ndarray, hour: np.ndarray
+    path: Path, plan: _Plan, wid: np.ndarray, hour: np.ndarray, id_text: Callable[[int], str]
 ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """``(order, blocks, N)``: the row order that sorts by (window, hour), None when the file already is;
     ``blocks`` when that order only moves whole windows (see :func:`_block_order`). Checks 24 distinct hours.
+    ``wid`` holds integer window codes; ``id_text(code)`` is the id as written, for messages.
     """
     same_window = wid[1:] == wid[:-1]
     in_order = bool(np.all((wid[1:] > wid[:-1]) | (same_window & (hour[1:] > hour[:-1]))))
@@ -373,7 +441,7 @@ def _window_order(
         repeated = np.isin(hours, np.flatnonzero(seen > 1))
         lines = np.sort(_csv_lines(file_rows(span[repeated] if repeated.any() else span)))
         shown = ", ".join(f"line {n}" for n in lines[:6]) + (", ..." if len(lines) > 6 else "")
-        notes.append(f"window {w[starts[k]]} ({'; '.join(parts)}: {shown})")
+        notes.append(f"window {id_text(int(w[starts[k]]))} ({'; '.join(parts)}: {shown})")
     more = f" ({len(bad_windows)} windows in all)" if len(bad_windows) > 3 else ""
     return_msg = (
         f"{path}: columns {plan.window_id!r}/{plan.hour!r}: every window needs exactly {HOURS} rows, one per "
@@ -382,9 +450,27 @@ def _window_order(
     raise DataError(return_msg)
 
 
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Text ids → (``[rows]`` int64 codes, ``[K]`` ids as written), codes numbered in id order: by value
+    when every id is a whole number (so 9 comes before 10), else as text."""
+    encoded = column.combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)  # [K]
+    try:
+        numeric = pc.cast(encoded.dictionary, pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        numeric = np.zeros(len(names), dtype=np.int64)
+    # "007" and "7" are two windows with one value: the text breaks the tie.
+    order = np.lexsort((names.astype(str), numeric))  # [K] dictionary entries in id order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[codes], names[order]
+
+
 def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: bool = True) -> RawSplit:
-    """Read and validate one long CSV; ``require_targets=False`` (prediction input) needs only
-    window id, hour and the features, and reads latents, label and extras when they are present."""
+    """Read and validate one long CSV. ``require_targets=True`` (training, evaluation) also needs the
+    label and reads the optional roles the file has; ``require_targets=False`` (prediction input) reads
+    only the window id, hour and feature columns and ignores every other column."""
     path = Path(path)
     header = _read_header(path)
     plan = _plan(path, header, columns, require_targets)
@@ -400,7 +486,8 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
     if id_col.null_count:
         rows = np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False))
         raise _bad_rows_error(path, plan.window_id, "missing window id", rows)
-    wid = id_col.to_numpy().astype(np.int64, copy=False)  # [rows]
+    # Any text is an id; windows are ordered by id (numerically when all ids are whole numbers).
+    wid, id_names = _codes(id_col)  # [rows] int64, [N] object (str)
     hour = col(plan.hour)  # [rows]
     _check_values(path, plan.hour, hour, allow_missing=False, lo=0, hi=HOURS - 1)
     whole = hour == np.round(hour)
@@ -408,7 +495,7 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
         rows = np.flatnonzero(~whole)
         raise _bad_rows_error(path, plan.hour, "hours must be whole numbers", rows, lambda r: _fmt(hour[r]))
 
-    order, blocks, n = _window_order(path, plan, wid, hour)
+    order, blocks, n = _window_order(path, plan, wid, hour, lambda c: repr(id_names[c]))
 
     def arrange(v: np.ndarray) -> np.ndarray:
         """[rows] in file order → [N, 24] sorted by window, then hour."""
@@ -416,12 +503,12 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
             return v.reshape(n, HOURS)[blocks]
         return (v if order is None else v[order]).reshape(n, HOURS)
 
-    wid_sorted = np.ascontiguousarray(arrange(wid)[:, 0])  # [N]
+    wid_sorted = id_names[arrange(wid)[:, 0]]  # [N] ids as written
 
-    def blank(names: list[str] | str | None, optional: bool) -> bool:
-        # An optional column left entirely empty (say, a label column in a prediction input) is absent.
-        if names is None or not optional:
-            return names is None
+    def blank(names: list[str] | str | None) -> bool:
+        # An optional column left entirely empty is absent.
+        if names is None:
+            return True
         names = [names] if isinstance(names, str) else names
         return all(table.column(c).null_count == n_rows for c in names)
 
@@ -433,32 +520,46 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
             out[:, :, j] = arrange(v)
         return out
 
-    def per_window(name: str, **limits: object) -> np.ndarray:
-        v = col(name)
-        _check_values(path, name, v, allow_missing=False, **limits)  # type: ignore[arg-type]
-        grid = arrange(v)  # [N, 24]
+    def not_constant(name: str, grid: np.ndarray) -> None:
         differs = np.flatnonzero((grid != grid[:, :1]).any(axis=1))
         if len(differs):
             rows = (np.arange(n * HOURS) if order is None else order).reshape(n, HOURS)[differs].ravel()
-            wids = ", ".join(str(wid_sorted[i]) for i in differs[:3])
+            wids = ", ".join(repr(wid_sorted[i]) for i in differs[:3])
             raise _bad_rows_error(
                 path,
                 name,
                 f"must be the same on all {HOURS} rows of a window; differs in window {wids}",
                 rows,
             )
+
+    def per_window(name: str, **limits: object) -> np.ndarray:
+        v = col(name)
+        _check_values(path, name, v, allow_missing=False, **limits)  # type: ignore[arg-type]
+        grid = arrange(v)  # [N, 24]
+        not_constant(name, grid)
         return grid[:, 0].astype(np.float32)
 
-    opt = not require_targets
+    def subjects(name: str | None) -> np.ndarray | None:
+        if name is None or blank(name):
+            return None
+        column = table.column(name)
+        if column.null_count:
+            rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+            raise _bad_rows_error(path, name, "missing subject id", rows)
+        codes, names = _codes(column)
+        grid = arrange(codes)  # [N, 24]
+        not_constant(name, grid)
+        return names[grid[:, 0]]
+
     features = hourly(plan.features, allow_missing=True)
-    z = None if blank(plan.latents, opt) else hourly(plan.latents, allow_missing=False)
-    sigma = None if blank(plan.sigma, True) else hourly(plan.sigma, allow_missing=False, lo=0.0)
-    post_mean = None if blank(plan.post_mean, True) else hourly(plan.post_mean, allow_missing=False)
-    y = None if blank(plan.label, opt) else per_window(plan.label, allowed=(0.0, 1.0))
+    z = None if plan.latents is None else hourly(plan.latents, allow_missing=False)
+    sigma = None if blank(plan.sigma) else hourly(plan.sigma, allow_missing=False, lo=0.0)
+    post_mean = None if blank(plan.post_mean) else hourly(plan.post_mean, allow_missing=False)
+    y = None if plan.label is None else per_window(plan.label, allowed=(0.0, 1.0))
     qv = plan.query_value
-    query_value = None if blank(qv, True) else hourly([qv], allow_missing=False).reshape(n, HOURS)
-    p_bayes = None if blank(plan.p_bayes, True) else per_window(plan.p_bayes, lo=0.0, hi=1.0)
-    p_true = None if blank(plan.p_true, True) else per_window(plan.p_true, lo=0.0, hi=1.0)
+    query_value = None if blank(qv) else hourly([qv], allow_missing=False).reshape(n, HOURS)
+    p_bayes = None if blank(plan.p_bayes) else per_window(plan.p_bayes, lo=0.0, hi=1.0)
+    p_true = None if blank(plan.p_true) else per_window(plan.p_true, lo=0.0, hi=1.0)
     return RawSplit(
         path=path,
         window_id=wid_sorted,
@@ -471,32 +572,98 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
         query_value=query_value,
         p_bayes=p_bayes,
         p_true=p_true,
+        subject_id=subjects(plan.subject_id),
     )
 
 
-_OPTIONAL = ("sigma", "post_mean", "query_value", "p_bayes", "p_true")
+_OPTIONAL = ("z", "sigma", "post_mean", "query_value", "p_bayes", "p_true", "subject_id")
+_OPTIONAL_NAMES = {"z": "latents", "sigma": "posterior std", "post_mean": "posterior mean"}
+# How many shared ids a split-overlap message quotes.
+_SHOWN_IDS = 5
 
 
 def load_splits(data: DataConfig, splits: Iterable[str] = SPLITS) -> dict[str, RawSplit]:
-    """Read the named splits of ``data.dir`` with targets; all files must exist and agree on which
-    optional columns (posterior std/mean, query value, p_bayes, p_true) they carry."""
+    """Read and validate the named splits of ``data.dir`` with targets, and check them together.
+
+    Every split is read even when an earlier one is bad, and every problem found is raised as one
+    :class:`DataError` (one paragraph per problem): per file, its first problem; across files, that they
+    carry the same optional columns, that no window id (nor subject id, where the files have one) is in
+    two splits, and that no feature is empty in the whole train split.
+    """
     splits = list(splits)
     paths = {s: data.split_path(s) for s in splits}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise DataError(f"data folder {data.dir}: missing file(s) {', '.join(missing)}")
-    out = {s: read_split(p, data.columns, require_targets=True) for s, p in paths.items()}
-    if out:
-        first = splits[0]
-        have = {s: {k for k in _OPTIONAL if getattr(raw, k) is not None} for s, raw in out.items()}
-        for s in splits[1:]:
-            if have[s] != have[first]:
-                diff = sorted(have[s] ^ have[first])
-                raise DataError(
-                    f"{paths[s]}: carries a different set of optional columns than {paths[first]} "
-                    f"(differs in: {', '.join(diff)}); all splits must have the same columns"
-                )
+    out: dict[str, RawSplit] = {}
+    problems: list[str] = []
+    for s, p in paths.items():
+        try:
+            out[s] = read_split(p, data.columns, require_targets=True)
+        except DataError as err:
+            problems.append(str(err))
+    if len(out) == len(splits):
+        problems += _cross_split_problems(out)
+    if "train" in out:
+        problems += feature_report(out["train"])[0]
+    if problems:
+        raise DataError("\n".join(problems) if len(problems) == 1 else _numbered(problems))
     return out
+
+
+def _numbered(problems: list[str]) -> str:
+    return f"{len(problems)} data problems:\n" + "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1))
+
+
+def _cross_split_problems(out: dict[str, RawSplit]) -> list[str]:
+    problems = []
+    names = list(out)
+    first = names[0]
+    have = {s: {k for k in _OPTIONAL if getattr(raw, k) is not None} for s, raw in out.items()}
+    for s in names[1:]:
+        if have[s] != have[first]:
+            diff = ", ".join(_OPTIONAL_NAMES.get(k, k) for k in sorted(have[s] ^ have[first]))
+            problems.append(
+                f"{out[s].path}: carries a different set of optional columns than {out[first].path} "
+                f"(differs in: {diff}); all splits must have the same columns"
+            )
+    for attr, what in (("window_id", "window id"), ("subject_id", "subject id")):
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                ids_a, ids_b = getattr(out[a], attr), getattr(out[b], attr)
+                if ids_a is None or ids_b is None:
+                    continue
+                shared = np.intersect1d(ids_a.astype(str), ids_b.astype(str))
+                if len(shared):
+                    shown = ", ".join(repr(str(v)) for v in shared[:_SHOWN_IDS])
+                    more = f" ({len(shared)} in all)" if len(shared) > _SHOWN_IDS else ""
+                    problems.append(
+                        f"{out[a].path} and {out[b].path}: the splits share {what}(s) {shown}{more}; "
+                        f"a {what} may be in one split only (the {b} figures would be measured on "
+                        "data the model saw)"
+                    )
+    return problems
+
+
+def feature_report(train: RawSplit) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` about the train split's features: a feature with no value at all is an error
+    (the model could not learn what it means); a constant one a warning (it carries nothing)."""
+    flat = train.features.reshape(-1, train.features.shape[-1])  # [N*24, F]
+    seen = ~np.isnan(flat)
+    errors, warnings = [], []
+    for j, name in enumerate(train.feature_names):
+        values = flat[seen[:, j], j]
+        if not len(values):
+            errors.append(
+                f"{train.path}: feature column {name!r} has no value in the whole train split; drop it "
+                "from data.columns.features or fill it"
+            )
+        elif values.min() == values.max():
+            warnings.append(
+                f"{train.path}: feature column {name!r} is constant ({_fmt(values[0])}) in the train "
+                "split; it carries no information (its missing-mask may still)"
+            )
+    return errors, warnings
 
 
 # --- normalisation ------------------------------------------------------------------------------------
@@ -617,7 +784,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, raw: RawSplit, normalizer: Normalizer) -> None:
         normalizer.check_features(raw.feature_names, where=str(raw.path))
         x, mask = normalizer.transform(raw.features)
-        self.window_id = raw.window_id  # [N] int64, for writing predictions back per window
+        self.window_id = raw.window_id  # [N] ids as written, for writing predictions back per window
         self.tensors: dict[str, Tensor] = {
             "index": torch.arange(len(raw), dtype=torch.int64),
             "x": torch.from_numpy(x),  # [N, 24, F]

@@ -99,10 +99,11 @@ def setup_evaluator(cfg: Config, model: torch.nn.Module, device: torch.device) -
             "loss_post": parts.post,
             "loss_policy": parts.policy,
             "loss_bce": parts.bce,
-            "post_sq_err": (out.mu_z - batch["z"]).pow(2).mean(dim=(1, 2)),
             "topk": topk,
         }
         nan = torch.full_like(out.p_next, float("nan"))
+        z = batch.get("z")  # absent when training on labels alone
+        result["post_sq_err"] = nan if z is None else (out.mu_z - z).pow(2).mean(dim=(1, 2))
         sigma = batch.get("sigma")
         result["sigma_abs_err"] = nan if sigma is None else (out.sigma_z - sigma).abs().mean(dim=(1, 2))
         qv = batch.get("query_value")  # [B, T]

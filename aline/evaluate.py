@@ -217,7 +217,7 @@ def evaluate(
     pred = predictor.predict_raw(raw)
 
     y = raw.y.astype(np.float64)  # [N]
-    z = raw.z.astype(np.float64)  # [N, 24, Z]
+    z = None if raw.z is None else raw.z.astype(np.float64)  # [N, 24, Z]; None: labels-only data
     p = pred.p_next  # [N] float64
     mu = pred.mu_z.astype(np.float64)
     sig = pred.sigma_z.astype(np.float64)
@@ -233,11 +233,13 @@ def evaluate(
     }
     report.update(scoring.binary_scores(p, y))
     report["brier_decomposition"] = scoring.brier_decomposition(p, y)
-    report["post_mse"] = float(np.mean((mu - z) ** 2))
-    report["post_mse_per_latent"] = dict(
-        zip(cols.latents, np.mean((mu - z) ** 2, axis=(0, 1)).tolist(), strict=True)
-    )
-    report["coverage_90"] = _coverage(z, mu, sig)
+    report["post_mse"] = report["post_mse_per_latent"] = report["coverage_90"] = None
+    if z is not None:
+        report["post_mse"] = float(np.mean((mu - z) ** 2))
+        report["post_mse_per_latent"] = dict(
+            zip(cols.latents, np.mean((mu - z) ** 2, axis=(0, 1)).tolist(), strict=True)
+        )
+        report["coverage_90"] = _coverage(z, mu, sig)
     report["sigma_mae"] = None if raw.sigma is None else float(np.mean(np.abs(sig - raw.sigma)))
 
     oracle: dict[str, Any] = {"auc": None, "pr_auc": None, "brier": None, "ece": None, "post_mse_floor": None}
@@ -246,7 +248,7 @@ def evaluate(
         oracle["brier_decomposition"] = scoring.brier_decomposition(raw.p_bayes.astype(np.float64), y)
     if raw.sigma is not None:
         oracle["post_mse_floor"] = float(np.mean(raw.sigma.astype(np.float64) ** 2))
-    if raw.post_mean is not None:
+    if raw.post_mean is not None and z is not None:
         # The exact posterior's own error: equals the floor up to sampling noise when the data is right.
         oracle["post_mse_exact"] = float(np.mean((raw.post_mean.astype(np.float64) - z) ** 2))
         if raw.sigma is not None:
@@ -296,7 +298,7 @@ def evaluate(
     if oracle["auc"]:
         ratios["auc_vs_bayes"] = report["auc"] / oracle["auc"]
         ratios["brier_vs_bayes"] = report["brier"] / oracle["brier"]
-    if oracle["post_mse_floor"]:
+    if oracle["post_mse_floor"] and report["post_mse"] is not None:
         ratios["post_mse_vs_floor"] = report["post_mse"] / oracle["post_mse_floor"]
     report["ratios"] = ratios
 

@@ -61,6 +61,22 @@ def posterior_loss(
     return mse_mu + lam * mse_sigma
 
 
+def gaussian_nll(mu_z: Tensor, sigma_z: Tensor, z: Tensor) -> Tensor:
+    """Gaussian negative log-likelihood of ``z`` under N(mu_z, sigma_z²), per window ``[B]``: the mean over
+    hours and latents of ``0.5·((z − mu)/sigma)² + log sigma`` (the constant 0.5·log 2π left out).
+
+    It needs no sigma target: its minimiser over sigma is the spread of z around mu, so sigma is
+    calibrated by the data alone (ALINE's own inference loss). Inputs ``[B, T, Z]``.
+    """
+    if mu_z.shape != z.shape or sigma_z.shape != z.shape:
+        raise ValueError(
+            f"gaussian_nll: mu_z {list(mu_z.shape)}, sigma_z {list(sigma_z.shape)} and "
+            f"z {list(z.shape)} must have the same [B, T, Z] shape"
+        )
+    nll = 0.5 * ((z - mu_z) / sigma_z).square() + sigma_z.log()  # [B, T, Z]
+    return nll.flatten(1).mean(1)
+
+
 def bce_loss(logit_next: Tensor, y: Tensor) -> Tensor:
     """Next-day binary cross-entropy per window, from logits (no log(0) for confident forecasts)."""
     return F.binary_cross_entropy_with_logits(logit_next, y.to(logit_next.dtype), reduction="none")
@@ -183,14 +199,11 @@ def composite_loss(
 ) -> LossParts:
     """``L_post + α · L_policy + β · L_bce`` per window, with every part.
 
-    ``batch`` holds ``"z"`` [B, T, Z] and ``"y"`` [B]; ``"sigma"`` [B, T, Z] when
-    ``loss.sigma_target == "posterior"``; ``"query_value"`` [B, T] when ``policy.reward == "query_value"``.
+    ``batch`` holds ``"y"`` [B]; ``"z"`` [B, T, Z] unless ``loss.posterior == "none"``; ``"sigma"``
+    [B, T, Z] when the posterior loss is mse with ``loss.sigma_target == "posterior"``; ``"query_value"``
+    [B, T] when ``policy.reward == "query_value"``.
     """
-    if loss_cfg.sigma_target == "posterior":
-        sigma_target: Tensor | float = _require(batch, "sigma", "loss.sigma_target=posterior")
-    else:
-        sigma_target = loss_cfg.sigma_constant
-    post = posterior_loss(out.mu_z, out.sigma_z, batch["z"], sigma_target, loss_cfg.lam)
+    post = posterior_part(out, batch, loss_cfg)
 
     if policy_cfg.reward == "query_value":
         reward = query_value_reward(_require(batch, "query_value", "policy.reward=query_value"))
@@ -201,6 +214,36 @@ def composite_loss(
     bce = bce_loss(out.logit_next, batch["y"])
     total = post + loss_cfg.alpha * policy + loss_cfg.beta * bce
     return LossParts(total=total, post=post, policy=policy, bce=bce)
+
+
+def resolve_posterior(loss_cfg: LossConfig, has_latents: bool, has_sigma: bool) -> str:
+    """The posterior loss that ``loss.posterior`` means for data with/without latent and sigma columns:
+    ``auto`` → ``mse`` with sigma targets when the data has them, ``nll`` when it has latents only, ``none``
+    without latents. ``mse`` with ``sigma_target=constant`` needs no sigma columns."""
+    choice = loss_cfg.posterior
+    if choice == "auto":
+        if not has_latents:
+            return "none"
+        if has_sigma or loss_cfg.sigma_target == "constant":
+            return "mse" if has_sigma else "nll"
+        return "nll"
+    return choice
+
+
+def posterior_part(out: AlineOutput, batch: dict[str, Tensor], loss_cfg: LossConfig) -> Tensor:
+    """L_post per window ``[B]`` under ``loss.posterior``; ``auto`` is resolved from the batch's keys as
+    :func:`resolve_posterior` does from the data's columns."""
+    choice = resolve_posterior(loss_cfg, "z" in batch, "sigma" in batch)
+    if choice == "none":
+        return out.mu_z.new_zeros(out.mu_z.shape[0])
+    z = _require(batch, "z", f"loss.posterior={choice}")
+    if choice == "nll":
+        return gaussian_nll(out.mu_z, out.sigma_z, z)
+    if loss_cfg.sigma_target == "posterior":
+        sigma_target: Tensor | float = _require(batch, "sigma", "loss.sigma_target=posterior")
+    else:
+        sigma_target = loss_cfg.sigma_constant
+    return posterior_loss(out.mu_z, out.sigma_z, z, sigma_target, loss_cfg.lam)
 
 
 def _require(batch: dict[str, Tensor], key: str, why: str) -> Tensor:

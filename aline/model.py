@@ -145,6 +145,9 @@ class AlineModel(nn.Module):
 def build_model(cfg: Config, n_features: int) -> AlineModel:
     """The model that ``cfg`` describes, for data with ``n_features`` feature columns."""
     m = cfg.model
+    into = cfg.loss.bce_into_encoder
+    if into == "auto":  # a run's config.yaml holds the resolved choice; this is the same rule
+        into = cfg.loss.posterior == "none"
     return AlineModel(
         n_features,
         len(cfg.data.columns.latents),
@@ -153,6 +156,6 @@ def build_model(cfg: Config, n_features: int) -> AlineModel:
         layers=m.layers,
         ff_dim=m.ff_dim,
         dropout=m.dropout,
-        detach_prediction=not cfg.loss.bce_into_encoder,
+        detach_prediction=not into,
         detach_policy=not cfg.policy.train_encoder,
     )

@@ -174,7 +174,7 @@ class Prediction:
     (:func:`aline.losses.uncertainty_reward`), the model's own idea of where it is unsure.
     """
 
-    window_id: np.ndarray  # [N] int64
+    window_id: np.ndarray  # [N] object: ids exactly as written in the input, sorted as aline.data sorts them
     p_next: np.ndarray  # [N] float64
     p_hourly: np.ndarray  # [N, 24] float64
     mu_z: np.ndarray  # [N, 24, Z] float32, latent units
@@ -183,6 +183,8 @@ class Prediction:
     topk_hours: np.ndarray  # [N, k] int64, ascending
     uncertainty: np.ndarray  # [N, 24] float32
     latent_names: tuple[str, ...]
+    # False for a run trained on labels alone: mu_z/sigma_z are then no posterior of anything measurable.
+    has_posterior: bool = True
 
     def __len__(self) -> int:
         return int(self.window_id.shape[0])
@@ -195,7 +197,8 @@ class Prediction:
         return pd.DataFrame({"window_id": self.window_id, "p_next": self.p_next, "topk_hours": hours})
 
     def hourly_frame(self) -> pd.DataFrame:
-        """One row per window and hour: ``window_id, hour, p, score, mu_<latent>..., sigma_<latent>...``."""
+        """One row per window and hour: ``window_id, hour, p, score, mu_<latent>..., sigma_<latent>...``;
+        without the mu/sigma columns for a run trained on labels alone (see the README, "Your own data")."""
         import pandas as pd
 
         n, t = self.p_hourly.shape
@@ -205,10 +208,11 @@ class Prediction:
             "p": self.p_hourly.reshape(-1),
             "score": self.scores.reshape(-1),
         }
-        for j, name in enumerate(self.latent_names):
-            cols[f"mu_{name}"] = self.mu_z[:, :, j].reshape(-1)
-        for j, name in enumerate(self.latent_names):
-            cols[f"sigma_{name}"] = self.sigma_z[:, :, j].reshape(-1)
+        if self.has_posterior:
+            for j, name in enumerate(self.latent_names):
+                cols[f"mu_{name}"] = self.mu_z[:, :, j].reshape(-1)
+            for j, name in enumerate(self.latent_names):
+                cols[f"sigma_{name}"] = self.sigma_z[:, :, j].reshape(-1)
         return pd.DataFrame(cols)
 
 
@@ -263,8 +267,9 @@ class Predictor:
     def predict(self, data: pd.DataFrame | str | Path) -> Prediction:
         """Per window the next-day probability and top-k hours, per hour the posterior of Z.
 
-        ``data`` needs the window id, hour and feature columns of the run's config (empty cells allowed);
-        other columns are ignored. Invalid input raises :class:`aline.data.DataError`.
+        ``data`` needs the window id, hour and feature columns of the run's config (missing cells allowed:
+        empty, NA, NaN, null); every other column is ignored. Window ids may be any text or integers and
+        come back exactly as written. Invalid input raises :class:`aline.data.DataError`.
         """
         return self.predict_raw(self.read(data))
 
@@ -295,7 +300,7 @@ class Predictor:
 
         p_hourly = cat("p", (hours,), np.float64)  # float32 values, held exactly in float64
         return Prediction(
-            window_id=raw.window_id.astype(np.int64, copy=False),
+            window_id=raw.window_id,
             p_next=p_hourly[:, -1].copy(),
             p_hourly=p_hourly,
             mu_z=cat("mu", (hours, z_dim), np.float32),
@@ -304,6 +309,7 @@ class Predictor:
             topk_hours=cat("topk", (self.k,), np.int64),
             uncertainty=cat("unc", (hours,), np.float32),
             latent_names=tuple(self.cfg.data.columns.latents),
+            has_posterior=self.cfg.loss.posterior != "none",
         )
 
 
@@ -351,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "The input CSV needs the window id, hour and feature columns named in the run's config.yaml "
-            "(empty cells = missing values are allowed); other columns are ignored. Exit codes: 0 success, "
+            "(missing values allowed: empty, NA, NaN or null cells); every other column is ignored. Window "
+            "ids may be any text and are written back exactly as given. Exit codes: 0 success, "
             "2 invalid run folder, checkpoint or input, 1 any other failure."
         ),
     )

@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader
 from aline import contract
 from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
-from aline.data import DataError, Normalizer, RawSplit, WindowDataset, load_splits
+from aline.data import DataError, Normalizer, RawSplit, WindowDataset, feature_report, load_splits
 from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
 from aline.handlers import CheckpointError, RunHandlers, install_sigterm_handler
+from aline.losses import resolve_posterior
 from aline.model import build_model
 from aline.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 from aline.scoring import binary_scores
@@ -46,38 +47,123 @@ class TrainResult:
 
 
 def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
-    """Read and validate the train and val splits, simulating them first only into the default folder."""
-    missing = [str(cfg.data.split_path(s)) for s in SPLITS if not cfg.data.split_path(s).is_file()]
-    if missing and cfg.data.is_default_dir:
+    """Read and validate all three splits (every problem of every file reported at once), simulating them
+    first only into the default folder under the simulator's prefix; returns train and val."""
+    data = cfg.data
+    missing = [str(data.split_path(s)) for s in SPLITS if not data.split_path(s).is_file()]
+    if missing and data.is_default_dir and data.is_simulator_prefix:
         from aline.simulate import simulate  # imported lazily: only a fresh checkout needs it
 
-        announce(f"No training data in {cfg.data.dir}/: simulating it first (python -m aline.simulate).")
-        simulate(out_dir=cfg.data.dir)
+        announce(f"No training data in {data.dir}/: simulating it first (python -m aline.simulate).")
+        simulate(out_dir=data.dir)
     elif missing:
-        raise DataError(
-            f"data.dir={cfg.data.dir!r}: missing {', '.join(missing)}. Give the folder that holds "
-            f"{cfg.data.prefix}_{{train,val,test}}.csv, or generate it: "
-            f"python -m aline.simulate --out {cfg.data.dir}"
+        # Only files named like the simulator's can come from it; for a user's own prefix the hint misleads.
+        hint = (
+            f", or generate it: python -m aline.simulate --out {data.dir}" if data.is_simulator_prefix else ""
         )
-    splits = load_splits(cfg.data, splits=("train", "val"))
+        raise DataError(
+            f"data.dir={data.dir!r}, data.prefix={data.prefix!r}: missing {', '.join(missing)}. Give the "
+            f"folder that holds {data.prefix}_{{train,val,test}}.csv{hint}"
+        )
+    splits = load_splits(data, splits=SPLITS)
+    for warning in feature_report(splits["train"])[1]:
+        announce(f"warning: {warning}")
     _check_roles(cfg, splits)
-    return splits
+    return {s: splits[s] for s in ("train", "val")}
+
+
+def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
+    """``cfg`` with the data-dependent choices made (``loss.posterior``, ``loss.bce_into_encoder``), so
+    the run's config.yaml says what the run did and predict/evaluate rebuild the same model."""
+    train = splits["train"]
+    posterior = resolve_posterior(cfg.loss, train.z is not None, train.sigma is not None)
+    into = cfg.loss.bce_into_encoder
+    if into == "auto":
+        # Without latent targets the labels are the only signal the encoder gets.
+        into = posterior == "none"
+    loss = cfg.loss.model_copy(update={"posterior": posterior, "bce_into_encoder": into})
+    return cfg.model_copy(update={"loss": loss})
 
 
 def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
     """Columns that the chosen options need, checked before any run folder exists (exit 2, not a crash)."""
     cols = cfg.data.columns
-    for raw in splits.values():
-        if cfg.loss.sigma_target == "posterior" and raw.sigma is None:
-            raise DataError(
-                f"{raw.path}: loss.sigma_target=posterior needs the posterior std columns "
-                f"{cols.sigma_columns()} (data.columns.sigma_prefix); set loss.sigma_target=constant instead"
-            )
-        if cfg.policy.reward == "query_value" and raw.query_value is None:
-            raise DataError(
-                f"{raw.path}: policy.reward=query_value needs the column {cols.query_value!r} "
-                "(data.columns.query_value); use policy.reward=uncertainty instead"
-            )
+    raw = splits["train"]
+    problems = []
+    posterior = resolve_posterior(cfg.loss, raw.z is not None, raw.sigma is not None)
+    if posterior != "none" and raw.z is None:
+        problems.append(
+            f"loss.posterior={posterior} needs the latent columns {cols.latent_columns()} "
+            "(data.columns.latent_prefix, data.columns.latents); without them use loss.posterior=auto or none"
+        )
+    if posterior == "mse" and cfg.loss.sigma_target == "posterior" and raw.sigma is None:
+        sigma_cols = cols.sigma_columns()
+        where = "data.columns.sigma_prefix is null" if sigma_cols is None else f"the file lacks {sigma_cols}"
+        problems.append(
+            f"loss.posterior=mse with loss.sigma_target=posterior needs the posterior std columns ({where}); "
+            "use loss.posterior=nll (or auto), which needs no sigma target"
+        )
+    if cfg.policy.reward == "query_value" and raw.query_value is None:
+        problems.append(
+            f"policy.reward=query_value needs the column {cols.query_value!r} "
+            "(data.columns.query_value); use policy.reward=uncertainty instead"
+        )
+    if problems:
+        raise DataError(f"{raw.path}: " + "; ".join(problems))
+
+
+# --- starting from another run's weights -----------------------------------------------------------------
+
+
+@dataclass
+class InitFrom:
+    """Weights and normaliser of the run that ``--init-from`` names."""
+
+    run_dir: Path
+    checkpoint: Path
+    normalizer: Normalizer
+    state: dict[str, torch.Tensor]
+
+
+def load_init(cfg: Config) -> InitFrom | None:
+    """Read ``trainer.init_from`` (a run folder) and check that it fits this run: same features in the
+    same order, and weights of the model this config builds. Raises ConfigError naming the difference."""
+    if cfg.trainer.init_from is None:
+        return None
+    from aline.predict import RunError, find_checkpoint, load_state_dict
+
+    run_dir = Path(cfg.trainer.init_from)
+    where = f"--init-from {run_dir}"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{where}: no such run folder")
+    try:
+        normalizer = Normalizer.load(run_dir / contract.NORMALIZER_FILE)
+        checkpoint = find_checkpoint(run_dir)
+        state = load_state_dict(checkpoint)
+    except (DataError, RunError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    ours, theirs = list(cfg.data.columns.features), list(normalizer.feature_names)
+    if ours != theirs:
+        only_ours = [f for f in ours if f not in theirs]
+        only_theirs = [f for f in theirs if f not in ours]
+        detail = []
+        if only_ours:
+            detail.append(f"only in this run's data.columns.features: {only_ours}")
+        if only_theirs:
+            detail.append(f"only in {run_dir.name}: {only_theirs}")
+        if not detail:
+            detail.append(f"same features in another order (there: {theirs})")
+        raise ConfigError(f"{where}: its features differ from this run's: " + "; ".join(detail))
+    model = build_model(cfg, n_features=len(ours))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(
+            f"{where}: its weights ({checkpoint.name}) do not fit the model this config describes (model.*, "
+            f"data.columns.latents): " + " ".join(lines[1:4] or lines[:1])
+        ) from None
+    return InitFrom(run_dir, checkpoint, normalizer, state)
 
 
 def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
@@ -201,7 +287,14 @@ class Run:
     handlers: RunHandlers
 
 
-def setup_run(cfg: Config, run_path: Path, splits: dict[str, RawSplit], *, resume: bool) -> Run:
+def setup_run(
+    cfg: Config,
+    run_path: Path,
+    splits: dict[str, RawSplit],
+    *,
+    resume: bool,
+    init: InitFrom | None = None,
+) -> Run:
     """Build the engines with every metric and handler attached (and the run folder's first files)."""
     from aline import handlers, metrics
 
@@ -209,14 +302,22 @@ def setup_run(cfg: Config, run_path: Path, splits: dict[str, RawSplit], *, resum
     torch.manual_seed(cfg.seed)
     norm_path = run_path / contract.NORMALIZER_FILE
     # A resumed run keeps the statistics it was trained with, even if the CSVs changed since.
-    normalizer = Normalizer.load(norm_path) if resume else Normalizer.fit(splits["train"])
+    if resume:
+        normalizer = Normalizer.load(norm_path)
+    elif init is not None:  # fine-tuning keeps the inputs on the scale the weights were trained on
+        normalizer = init.normalizer
+    else:
+        normalizer = Normalizer.fit(splits["train"])
     train_set = WindowDataset(splits["train"], normalizer)
     val_set = WindowDataset(splits["val"], normalizer)
     train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=cfg.seed)
 
     model = build_model(cfg, n_features=len(normalizer.feature_names))
-    model.init_prediction_bias(float(splits["train"].y.mean()))
+    if init is not None and not resume:
+        model.load_state_dict(init.state)
+    else:
+        model.init_prediction_bias(float(splits["train"].y.mean()))
     model = idist.auto_model(model.to(device))
     optimizer = idist.auto_optim(build_optimizer(cfg, unwrap(model)))
 
@@ -257,11 +358,12 @@ def _training(
     resume: bool,
     splits: dict[str, RawSplit],
     resolved: list[str],
+    init: InitFrom | None = None,
 ) -> None:
     # Under torchrun every process computed its own timestamp; rank 0's name wins.
     run_path = Path(idist.broadcast(run_dir, src=0))
     resolved.append(str(run_path))  # seen by the caller when this runs in its process (torchrun, 1 process)
-    run = setup_run(cfg, run_path, splits, resume=resume)
+    run = setup_run(cfg, run_path, splits, resume=resume, init=init)
     run.trainer.run(run.train_loader, max_epochs=cfg.trainer.epochs)
     # Every rank reads status.json afterwards; wait until rank 0 has written the final state.
     idist.barrier()
@@ -280,6 +382,9 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
     if resume is None:
         check_runs_root(cfg.run.dir)  # before any work, and without creating anything
     splits = prepare_data(cfg, announce=announce)
+    cfg = resolve_config(cfg, splits)
+    # On resume the run's own last.pt and normaliser win; init_from only seeds a new run.
+    init = None if resume is not None else load_init(cfg)
     # Under torchrun every process runs this; rank 0 owns the folder and broadcasts its name.
     leader = int(os.environ.get("RANK", "0")) == 0
     owner: RunOwner | None = None
@@ -292,7 +397,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
     else:
         run_dir = Path(cfg.run.dir) / "(named by rank 0)"
     try:
-        return _train_in(cfg, run_dir, resume is not None, splits)
+        return _train_in(cfg, run_dir, resume is not None, splits, init)
     except CheckpointError as err:
         if leader:
             _record_fault(run_dir, str(err))
@@ -315,14 +420,16 @@ def _launch_plan(cfg: Config) -> tuple[str | None, int | None]:
     return backend, spawn
 
 
-def _train_in(cfg: Config, run_dir: Path, resume: bool, splits: dict[str, RawSplit]) -> TrainResult:
+def _train_in(
+    cfg: Config, run_dir: Path, resume: bool, splits: dict[str, RawSplit], init: InitFrom | None
+) -> TrainResult:
     backend, spawn = _launch_plan(cfg)
     resolved: list[str] = []
     if spawn is None and backend is None:
         # One plain process: the launcher's "Run ... in 1 processes" lines say nothing to the user.
         logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
     with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
-        parallel.run(_training, cfg, str(run_dir), resume, splits, resolved)
+        parallel.run(_training, cfg, str(run_dir), resume, splits, resolved, init)
     # Spawned children broadcast this process's name; under torchrun rank 0's name replaces ours.
     run_dir = Path(resolved[0]) if resolved else run_dir
     status = _read_status(run_dir)
@@ -370,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR from its checkpoints/last.pt, with its saved config.yaml "
         "(plus overrides; trainer.epochs=N extends a finished run)",
     )
+    parser.add_argument(
+        "--init-from",
+        metavar="RUN_DIR",
+        help="start from the weights (best checkpoint) and normaliser of the run in RUN_DIR, e.g. to "
+        "fine-tune a simulator-trained model on a cohort with the same features (= trainer.init_from)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser
 
@@ -380,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     install_sigterm_handler()
     try:
         if args.resume:
+            if args.init_from:
+                raise ConfigError("--resume continues a run from its own last.pt; drop --init-from")
             if args.config:
                 raise ConfigError(
                     "--resume uses the run's own config.yaml; drop --config (overrides still apply)"
@@ -387,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_run_config(Path(args.resume), args.overrides)
         else:
             cfg = load_config(args.config, args.overrides)
+            if args.init_from:
+                cfg.trainer.init_from = args.init_from
         result = train(cfg, resume=args.resume)
     except (ConfigError, DataError, OwnershipError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

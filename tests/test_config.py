@@ -107,3 +107,17 @@ def test_asking_keys_default_to_the_simulator_and_must_name_features() -> None:
     msg = _problems(["policy.unaskable_when=[asleep, drivng]", "data.columns.answers={mood: ask_mood}"])
     assert "policy.unaskable_when: 'drivng' is not in data.columns.features" in msg
     assert "data.columns.answers: 'mood' is not in data.columns.features" in msg
+
+
+def test_default_asking_keys_shrink_to_a_cohorts_own_features():
+    # A cohort config that lists its own features needs no asking keys: the simulator's question and
+    # unaskable flags are defaults, and only the ones among the features are kept.
+    cfg = load_config(None, ["data.columns.features=[heart_rate, asleep]"])
+    assert cfg.data.columns.answers is None
+    assert cfg.policy.unaskable_when == ["asleep"]
+    cfg = load_config(None, ["data.columns.features=[symptom_score, steps]"])
+    assert cfg.data.columns.answers == {"symptom_score": "ask_symptom_score"}
+    assert cfg.policy.unaskable_when == []
+    # Set explicitly, they must fit exactly.
+    msg = _problems(["data.columns.features=[heart_rate]", "policy.unaskable_when=[asleep]"])
+    assert "policy.unaskable_when: 'asleep' is not in data.columns.features" in msg

@@ -837,7 +837,7 @@ def _all_run(run_dir, epochs, resume=False):
             "trainer": {"epochs": epochs, "log_every": 2},
             "logging": {"progress": False},
             "checkpoint": {"metric": "auc", "n_saved": 1},
-            "early_stop": {"patience": 5},
+            "early_stop": {"metric": "auc", "patience": 5},
         }
     )
     torch.manual_seed(0)

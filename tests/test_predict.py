@@ -106,7 +106,7 @@ def test_invalid_input_raises_the_trainings_data_errors(run: Path) -> None:
     full = pd.read_csv(_val_path(run))
     with pytest.raises(DataError, match=r"input DataFrame.*missing column\(s\) 'steps'"):
         predictor.predict(full.drop(columns=["steps"]))
-    with pytest.raises(DataError, match=r"exactly 24 rows.*window 120"):
+    with pytest.raises(DataError, match=r"exactly 24 rows.*window '120'"):
         predictor.predict(full.drop(index=[5]))
     bad = full.astype({"hrv": object})
     bad.loc[48, "hrv"] = "high"

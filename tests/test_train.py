@@ -76,7 +76,10 @@ def test_two_epochs_write_the_whole_run_folder(tiny_data: Path, tmp_path: Path) 
     assert result.state == contract.STATE_FINISHED and result.epoch == 2
     assert run.parent == tmp_path / "runs" and run.name.endswith("-e2e")
 
-    assert load_config(run / contract.CONFIG_FILE) == cfg
+    saved = load_config(run / contract.CONFIG_FILE)
+    # config.yaml records the data-dependent choices: this data has sigma targets and latents.
+    assert saved.loss.posterior == "mse" and saved.loss.bce_into_encoder is False
+    assert saved.model_copy(update={"loss": cfg.loss}) == cfg
     status = json.loads((run / contract.STATUS_FILE).read_text())
     assert status["state"] == "finished" and status["epoch"] == 2
     meta = json.loads((tiny_data / "synthetic_migraine_meta.json").read_text())
@@ -97,10 +100,11 @@ def test_two_epochs_write_the_whole_run_folder(tiny_data: Path, tmp_path: Path) 
     assert float(vals[-1]["brier"]) == pytest.approx(np.mean((p - y) ** 2), abs=1e-6)
 
     best = run / status["best"]["checkpoint"]
-    assert best.is_file() and status["best"]["metric"] == "auc"
+    # The default selection metric is the val total loss (lower is better).
+    assert best.is_file() and status["best"]["metric"] == "loss"
     assert "model" in torch.load(best, map_location="cpu", weights_only=True)
-    best_auc = max(float(r["auc"]) for r in vals)
-    assert status["best"]["value"] == pytest.approx(best_auc)
+    best_loss = min(float(r["loss"]) for r in vals)
+    assert status["best"]["value"] == pytest.approx(best_loss)
 
     cal = read_rows(run / contract.CALIBRATION_FILE)
     for epoch in (1, 2):
