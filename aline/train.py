@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -428,7 +429,11 @@ def _train_in(
     if spawn is None and backend is None:
         # One plain process: the launcher's "Run ... in 1 processes" lines say nothing to the user.
         logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
-    with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
+    # A fixed rendezvous port (ignite's default 2222) makes two multi-process runs on one machine collide:
+    # a spawned group takes a free port unless the user named one.
+    port = _free_port() if spawn and "MASTER_PORT" not in os.environ else None
+    extra = {"master_port": port} if port is not None else {}
+    with idist.Parallel(backend=backend, nproc_per_node=spawn, **extra) as parallel:
         parallel.run(_training, cfg, str(run_dir), resume, splits, resolved, init)
     # Spawned children broadcast this process's name; under torchrun rank 0's name replaces ours.
     run_dir = Path(resolved[0]) if resolved else run_dir
@@ -440,6 +445,12 @@ def _train_in(
         best=status.get("best"),
         oracle=status.get("oracle") or {},
     )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
