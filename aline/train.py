@@ -55,7 +55,7 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
     elif missing:
         raise DataError(
             f"data.dir={cfg.data.dir!r}: missing {', '.join(missing)}. Give the folder that holds "
-            f"{cfg.data.prefix}_{{train,val,test}}.csv, or generate it: "
+            f"{cfg.data.prefix}_{{train,val,test}}.csv (or .parquet), or generate it: "
             f"python -m aline.simulate --out {cfg.data.dir}"
         )
     splits = load_splits(cfg.data, splits=("train", "val"))
