@@ -543,12 +543,13 @@ class Normalizer:
     @classmethod
     def fit(cls, raw: RawSplit) -> Normalizer:
         n_features = raw.features.shape[-1]
-        cols = np.ascontiguousarray(raw.features.reshape(-1, n_features).T)  # [F, N*24] float32
         mean = np.zeros(n_features)
         std = np.zeros(n_features)
         for j in range(n_features):
-            # One contiguous pass per feature over its observed values; sums accumulate in float64.
-            v = cols[j][~np.isnan(cols[j])]
+            # One feature at a time (never a second copy of all features: the array may be a map shared
+            # by every rank); one contiguous pass over its observed values, sums in float64.
+            col = raw.features[:, :, j].reshape(-1)  # [N*24] float32
+            v = col[~np.isnan(col)]
             if not len(v):
                 continue
             mean[j] = v.mean(dtype=np.float64)

@@ -7,6 +7,7 @@ errors to exit codes (0 success, 2 invalid config or data, 1 failure during trai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
 from aline.handlers import RunHandlers, install_sigterm_handler
 from aline.model import build_model
 from aline.scoring import binary_scores
+from aline.shared_arrays import SharedSplit, open_splits, shared_splits
 
 
 @dataclass
@@ -215,13 +217,13 @@ def _training(
     cfg: Config,
     run_dir: str,
     resume: bool,
-    splits: dict[str, RawSplit],
+    splits: dict[str, RawSplit | SharedSplit],
     resolved: list[str],
 ) -> None:
     # Under torchrun every process computed its own timestamp; rank 0's name wins.
     run_path = Path(idist.broadcast(run_dir, src=0))
     resolved.append(str(run_path))  # seen by the caller when this runs in its process (torchrun, 1 process)
-    run = setup_run(cfg, run_path, splits, resume=resume)
+    run = setup_run(cfg, run_path, open_splits(splits), resume=resume)
     run.trainer.run(run.train_loader, max_epochs=cfg.trainer.epochs)
     # Every rank reads status.json afterwards; wait until rank 0 has written the final state.
     idist.barrier()
@@ -248,8 +250,13 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
     if spawn is None and backend is None:
         # One plain process: the launcher's "Run ... in 1 processes" lines say nothing to the user.
         logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
-    with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
-        parallel.run(_training, cfg, str(run_dir), resume is not None, splits, resolved)
+    with contextlib.ExitStack() as stack:
+        if spawn:
+            # Spawned ranks map one shared copy of the arrays rather than each unpickling its own; this
+            # process drops its copy (the only reference) before they start.
+            splits = stack.enter_context(shared_splits(splits))
+        with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
+            parallel.run(_training, cfg, str(run_dir), resume is not None, splits, resolved)
     # Spawned children broadcast this process's name; under torchrun rank 0's name replaces ours.
     run_dir = Path(resolved[0]) if resolved else run_dir
     status = _read_status(run_dir)
