@@ -312,8 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
     ap.add_argument("--keep", type=Path, help="simulate into this folder and keep it (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    ap.add_argument("--table", type=Path, help="only print the table of a --json file written earlier")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.table:
+        saved = json.loads(args.table.read_text())
+        for r in saved:
+            r["runs"] = {int(n): run for n, run in r["runs"].items()}
+        print_table(summarise(saved))
+        return 0
     if args.worker:
         kind, rest = args.worker[0], args.worker[1:]
         if kind == "bare":
@@ -335,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 results.append(measure(scale, fmt, root, args.steps, args.warmup, nprocs))
                 print(f"[{scale:g}x {fmt} measured in {time.perf_counter() - t0:.0f} s]", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+                if args.json:  # as it goes: a long run stopped half way keeps what it measured
+                    args.json.write_text(json.dumps(results, indent=1))
     print()
     print_table(summarise(results))
     return 0
