@@ -250,6 +250,8 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "peak_ratio": peak / run["array_mb"],
                     "peak_over_base_ratio": (peak - run["baseline_rss_mb"]) / run["array_mb"],
                     "pss_total_mb": pss,
+                    # Memory only this rank holds: a private copy of the data would show up here.
+                    "rank_private_mb": max(p["mem"]["private"] for p in run["ranks"]),
                     "windows_s": run["ranks"][0]["windows_per_s"],
                 }
             )
@@ -267,7 +269,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         f"{'scale':>5} {'fmt':>7} {'np':>2} {'rows':>9} {'file MB':>8} {'sim rows/s':>10} {'load s':>7} "
         f"{'bare s':>7} {'load/bare':>9} {'arrays MB':>9} {'base MB':>7} {'load pk':>8} {'peak MB':>8} "
         f"{'peak/arr':>8} "
-        f"{'(pk-base)/arr':>13} {'PSS all MB':>10} {'PSS/1proc':>9} {'win/s':>7} {'win/s vs 1x':>11}"
+        f"{'(pk-base)/arr':>13} {'rank priv MB':>12} {'PSS all MB':>10} {'PSS/1proc':>9} {'win/s':>7} "
+        f"{'win/s vs 1x':>11}"
     )
     print(head)
     print("-" * len(head))
@@ -277,9 +280,17 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['sim_rows_s']:>10,.0f} {r['load_s']:>7.2f} {r['bare_s']:>7.2f} {r['load_ratio']:>9.2f} "
             f"{r['array_mb']:>9.1f} {r['baseline_mb']:>7.0f} {r['load_peak_mb']:>8.0f} "
             f"{r['peak_rss_mb']:>8.0f} {r['peak_ratio']:>8.2f} "
-            f"{r['peak_over_base_ratio']:>13.2f} {r['pss_total_mb']:>10.0f} {r['pss_vs_1proc']:>9.2f} "
+            f"{r['peak_over_base_ratio']:>13.2f} {r['rank_private_mb']:>12.0f} {r['pss_total_mb']:>10.0f} "
+            f"{r['pss_vs_1proc']:>9.2f} "
             f"{r['windows_s']:>7.0f} {r['windows_vs_smallest']:>11.2f}"
         )
+    print(
+        "base: RSS after imports, before any data. load pk: peak RSS of the loading process up to the end of "
+        "loading. peak: highest peak RSS of any process of the run. rank priv: largest private (unshared) "
+        "memory of a training process after a full pass over its shard. PSS all: proportional set size "
+        "summed over every process of the run (the launching parent included). win/s: training windows/s, "
+        "all processes together."
+    )
     big = max(r["scale"] for r in rows)
     print(f"\nGoals, checked at the largest scale ({big:g}x):")
     for r in [r for r in rows if r["scale"] == big]:
