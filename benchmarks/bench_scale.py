@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -172,7 +173,11 @@ def worker_train(data_dir: str, nproc: int, steps: int, warmup: int) -> dict[str
         return out
     with tempfile.TemporaryDirectory() as tmp, shared_splits(splits) as handles:
         del splits  # as aline.train does: the ranks map the shared copy, this process keeps none
-        with idist.Parallel(backend="gloo", nproc_per_node=nproc) as parallel:
+        # A free port: ignite's default (2222) may be taken by another run on a shared machine.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        with idist.Parallel(backend="gloo", nproc_per_node=nproc, master_port=port) as parallel:
             parallel.run(_rank, cfg, handles, steps, warmup, tmp)
         out["ranks"] = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(nproc)]
     out["parent"] = {"peak_rss_mb": peak_rss_mb(), "mem": out["ranks"][0].pop("parent_mem")}
@@ -323,11 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
     ap.add_argument("--keep", type=Path, help="simulate into this folder and keep it (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the raw figures to this file")
-    ap.add_argument("--table", type=Path, help="only print the table of a --json file written earlier")
+    ap.add_argument(
+        "--table", type=Path, nargs="+", help="only print the table of --json file(s) written earlier"
+    )
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.table:
-        saved = json.loads(args.table.read_text())
+        saved = [r for path in args.table for r in json.loads(path.read_text())]
         for r in saved:
             r["runs"] = {int(n): run for n, run in r["runs"].items()}
         print_table(summarise(saved))
