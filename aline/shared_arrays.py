@@ -80,7 +80,11 @@ def shared_splits(
     """:func:`share_splits` into a fresh temporary folder that is removed on exit, however it exits."""
     folder = Path(tempfile.mkdtemp(prefix="aline-shared-", dir=parent))
     try:
-        yield share_splits(splits, folder)
+        handles = share_splits(splits, folder)
+        # This generator's frame lives as long as the with-block: holding the arrays here would keep the
+        # launching process's copy alive next to the ranks' maps (measured: +367 MB at 10x data).
+        del splits
+        yield handles
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

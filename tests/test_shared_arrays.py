@@ -68,3 +68,22 @@ def test_folder_is_removed_when_the_run_fails(splits, tmp_path: Path) -> None:
 
 def test_in_memory_splits_pass_through(splits) -> None:
     assert open_splits(splits)["train"] is splits["train"]
+
+
+def test_sharing_keeps_no_reference_to_the_in_memory_arrays(splits) -> None:
+    """The launcher drops its copy once shared; the context manager must not keep it alive."""
+    import gc
+    import weakref
+
+    from aline.data import RawSplit
+
+    copy = {k: RawSplit(**{f: getattr(v, f) for f in v.__dataclass_fields__}) for k, v in splits.items()}
+    features = np.array(copy["train"].features)  # a private array only `copy` refers to
+    copy["train"] = RawSplit(**{**vars(copy["train"]), "features": features})
+    alive = weakref.ref(features)
+    del features
+    with shared_splits(copy) as handles:
+        del copy
+        gc.collect()
+        assert alive() is None
+        assert open_splits(handles)["train"].features.shape[0] == len(splits["train"])
