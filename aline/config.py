@@ -108,7 +108,11 @@ class DataConfig(_Section):
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
 
     def split_path(self, split: str) -> Path:
-        return Path(self.dir) / f"{self.prefix}_{split}.csv"
+        """``<prefix>_<split>.parquet`` when that file exists, else ``<prefix>_<split>.csv``; the file's
+        extension picks the reader (aline.data), so a folder may hold either format."""
+        base = Path(self.dir) / f"{self.prefix}_{split}"
+        parquet = base.with_name(base.name + ".parquet")
+        return parquet if parquet.is_file() else base.with_name(base.name + ".csv")
 
     @property
     def meta_path(self) -> Path:

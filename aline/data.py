@@ -87,22 +87,32 @@ class RawSplit:
 # --- error messages -----------------------------------------------------------------------------------
 
 
-def _csv_lines(rows: np.ndarray) -> np.ndarray:
-    # Data row 0 sits on line 2 of the file: line 1 is the header.
-    return np.asarray(rows, dtype=np.int64) + 2
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet"
+
+
+def _row_word(path: Path) -> tuple[str, int]:
+    """How messages point at data row 0: CSV line 2 (line 1 is the header), or Parquet row 1."""
+    return ("row", 1) if _is_parquet(path) else ("line", 2)
+
+
+def _csv_lines(path: Path, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows, dtype=np.int64) + _row_word(path)[1]
 
 
 def _bad_rows_error(
     path: Path, column: str, problem: str, rows: np.ndarray, cell: Callable[[int], str] | None = None
 ) -> DataError:
-    """``rows``: 0-based data rows in file order, quoted as CSV line numbers; ``cell(row)`` shows a value."""
+    """``rows``: 0-based data rows in file order, quoted as CSV line numbers (Parquet: 1-based row
+    numbers); ``cell(row)`` shows a value."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
+    word = _row_word(path)[0]
     if cell is None:
-        quoted = ", ".join(f"line {n}" for n in _csv_lines(rows[:_SHOWN]))
+        quoted = ", ".join(f"{word} {n}" for n in _csv_lines(path, rows[:_SHOWN]))
     else:
         shown = rows[:_SHOWN]
         quoted = ", ".join(
-            f"line {n} = {cell(int(r))}" for r, n in zip(shown, _csv_lines(shown), strict=True)
+            f"{word} {n} = {cell(int(r))}" for r, n in zip(shown, _csv_lines(path, shown), strict=True)
         )
     more = f" ({len(rows)} rows in all)" if len(rows) > _SHOWN else ""
     return DataError(f"{path}: column {column!r}: {problem}; first bad rows: {quoted}{more}")
@@ -122,6 +132,10 @@ def _fmt(value: float) -> str:
 def _read_header(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if _is_parquet(path):
+        from aline.parquet_input import parquet_header  # imports this module: load it lazily
+
+        return parquet_header(path)
     with path.open("rb") as fh:
         raw = fh.readline()
     try:
@@ -439,8 +453,9 @@ def _window_order(
             parts.append("repeated hour " + ", ".join(map(str, np.flatnonzero(seen > 1))))
         # Point at the repeated rows when there are any, else at the window's rows.
         repeated = np.isin(hours, np.flatnonzero(seen > 1))
-        lines = np.sort(_csv_lines(file_rows(span[repeated] if repeated.any() else span)))
-        shown = ", ".join(f"line {n}" for n in lines[:6]) + (", ..." if len(lines) > 6 else "")
+        lines = np.sort(_csv_lines(path, file_rows(span[repeated] if repeated.any() else span)))
+        word = _row_word(path)[0]
+        shown = ", ".join(f"{word} {n}" for n in lines[:6]) + (", ..." if len(lines) > 6 else "")
         notes.append(f"window {id_text(int(w[starts[k]]))} ({'; '.join(parts)}: {shown})")
     more = f" ({len(bad_windows)} windows in all)" if len(bad_windows) > 3 else ""
     return_msg = (
@@ -467,22 +482,52 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return rank[codes], names[order]
 
 
+def _numeric_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """[rows] float32 (NaN where null) or int64 values, read from the Arrow buffers. pyarrow's own
+    null-filling conversion imports pandas, which costs more than a 400k-row load (once per process)."""
+    dtype = np.dtype(np.int64) if pa.types.is_int64(column.type) else np.dtype(np.float32)
+    parts = []
+    for chunk in column.chunks:
+        end = chunk.offset + len(chunk)
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=dtype, count=end)[chunk.offset :]
+        if chunk.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, np.uint8), count=end, bitorder="little")
+            values = np.where(bits[chunk.offset :].astype(bool), values, dtype.type(np.nan))
+        parts.append(values)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
 def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: bool = True) -> RawSplit:
-    """Read and validate one long CSV. ``require_targets=True`` (training, evaluation) also needs the
-    label and reads the optional roles the file has; ``require_targets=False`` (prediction input) reads
-    only the window id, hour and feature columns and ignores every other column."""
+    """Read and validate one long CSV, or a Parquet file when the name ends in ``.parquet``.
+
+    ``require_targets=True`` (training, evaluation) also needs the label and reads the optional roles the
+    file has; ``require_targets=False`` (prediction input) reads only the window id, hour and feature
+    columns and ignores every other column."""
     path = Path(path)
     header = _read_header(path)
     plan = _plan(path, header, columns, require_targets)
-    table = _parse(path, header, plan)
+    if _is_parquet(path):
+        from aline.parquet_input import read_parquet
+
+        table = read_parquet(path, plan)
+    else:
+        table = _parse(path, header, plan)
     n_rows = table.num_rows
     if n_rows == 0:
         raise DataError(f"{path}: no data rows below the header")
 
-    def col(name: str) -> np.ndarray:
-        return table.column(name).to_numpy()  # [rows] float32, NaN for empty cells
+    # Each column is let go once it is in the arrays: the parsed table and the arrays never both sit in
+    # memory whole (peak memory at 10x data, benchmarks/bench_scale.py).
+    parsed = {name: table.column(name) for name in table.column_names}
+    del table
 
-    id_col = table.column(plan.window_id)
+    def col(name: str) -> np.ndarray:
+        return _numeric_numpy(parsed.pop(name))  # [rows] float32, NaN for empty cells
+
+    id_col = parsed.pop(plan.window_id)
     if id_col.null_count:
         rows = np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False))
         raise _bad_rows_error(path, plan.window_id, "missing window id", rows)
@@ -510,7 +555,7 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
         if names is None:
             return True
         names = [names] if isinstance(names, str) else names
-        return all(table.column(c).null_count == n_rows for c in names)
+        return all(parsed[c].null_count == n_rows for c in names)
 
     def hourly(names: list[str], allow_missing: bool, lo: float | None = None) -> np.ndarray:
         out = np.empty((n, HOURS, len(names)), dtype=np.float32)  # [N, 24, k]
@@ -542,7 +587,7 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
     def subjects(name: str | None) -> np.ndarray | None:
         if name is None or blank(name):
             return None
-        column = table.column(name)
+        column = parsed.pop(name)
         if column.null_count:
             rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
             raise _bad_rows_error(path, name, "missing subject id", rows)
@@ -583,7 +628,8 @@ _SHOWN_IDS = 5
 
 
 def load_splits(data: DataConfig, splits: Iterable[str] = SPLITS) -> dict[str, RawSplit]:
-    """Read and validate the named splits of ``data.dir`` with targets, and check them together.
+    """Read and validate the named splits of ``data.dir`` (each a ``.parquet`` or a ``.csv``) with targets,
+    and check them together.
 
     Every split is read even when an earlier one is bad, and every problem found is raised as one
     :class:`DataError` (one paragraph per problem): per file, its first problem; across files, that they
@@ -592,6 +638,13 @@ def load_splits(data: DataConfig, splits: Iterable[str] = SPLITS) -> dict[str, R
     """
     splits = list(splits)
     paths = {s: data.split_path(s) for s in splits}
+    both = [p for p in paths.values() if _is_parquet(p) and p.with_suffix(".csv").is_file()]
+    if both:
+        # Which of the two is current cannot be told from the files; refuse rather than guess.
+        raise DataError(
+            f"data folder {data.dir}: both {both[0].with_suffix('.csv').name} and {both[0].name} exist; "
+            "keep one format per split (remove or move the other file)"
+        )
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise DataError(f"data folder {data.dir}: missing file(s) {', '.join(missing)}")
@@ -680,12 +733,13 @@ class Normalizer:
     @classmethod
     def fit(cls, raw: RawSplit) -> Normalizer:
         n_features = raw.features.shape[-1]
-        cols = np.ascontiguousarray(raw.features.reshape(-1, n_features).T)  # [F, N*24] float32
         mean = np.zeros(n_features)
         std = np.zeros(n_features)
         for j in range(n_features):
-            # One contiguous pass per feature over its observed values; sums accumulate in float64.
-            v = cols[j][~np.isnan(cols[j])]
+            # One feature at a time (never a second copy of all features: the array may be a map shared
+            # by every rank); one contiguous pass over its observed values, sums in float64.
+            col = raw.features[:, :, j].reshape(-1)  # [N*24] float32
+            v = col[~np.isnan(col)]
             if not len(v):
                 continue
             mean[j] = v.mean(dtype=np.float64)
@@ -774,36 +828,46 @@ class Normalizer:
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """All windows of one split as tensors, built once; items and batches are dicts of tensors.
+    """All windows of one split; items and batches are dicts of tensors.
 
     Keys: ``index`` (dataset row), ``x`` and ``mask`` [.., 24, F], and when the split has them ``z``
     [.., 24, Z], ``y``, ``sigma`` [.., 24, Z], ``query_value`` [.., 24]. Use ``collate_fn=keep_batch``
     in a DataLoader: it then fetches whole batches through ``__getitems__``.
+
+    The split's arrays are indexed as they are, never copied: they may be read-only memory maps shared by
+    every rank (aline.shared_arrays). Features are normalised per batch, with the same float32 arithmetic
+    as :meth:`Normalizer.transform` on the whole array, so the values are identical either way.
     """
 
     def __init__(self, raw: RawSplit, normalizer: Normalizer) -> None:
         normalizer.check_features(raw.feature_names, where=str(raw.path))
-        x, mask = normalizer.transform(raw.features)
         self.window_id = raw.window_id  # [N] ids as written, for writing predictions back per window
-        self.tensors: dict[str, Tensor] = {
-            "index": torch.arange(len(raw), dtype=torch.int64),
-            "x": torch.from_numpy(x),  # [N, 24, F]
-            "mask": torch.from_numpy(mask),  # [N, 24, F]
-        }
+        self._normalizer = normalizer
+        self._features = raw.features  # [N, 24, F] float32, NaN where missing
+        self._arrays: dict[str, np.ndarray] = {}
         optional = {"z": raw.z, "y": raw.y, "sigma": raw.sigma, "query_value": raw.query_value}
         for key, value in optional.items():
             if value is not None:
-                self.tensors[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+                self._arrays[key] = value if value.dtype == np.float32 else value.astype(np.float32)
 
     def __len__(self) -> int:
-        return int(self.tensors["index"].shape[0])
+        return int(self._features.shape[0])
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {k: v[i] for k, v in self.tensors.items()}
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        return {k: v[idx] for k, v in self.tensors.items()}
+        idx = np.asarray(indices, dtype=np.int64)  # [B]
+        x, mask = self._normalizer.transform(self._features[idx])  # [B, 24, F] each
+        batch = {
+            "index": torch.from_numpy(idx),
+            "x": torch.from_numpy(x),
+            "mask": torch.from_numpy(mask),
+        }
+        for key, value in self._arrays.items():
+            # Fancy indexing copies, so the tensor owns writable memory even over a read-only map.
+            batch[key] = torch.from_numpy(value[idx])
+        return batch
 
 
 def keep_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:

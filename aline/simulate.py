@@ -398,6 +398,18 @@ def _write_csv(table, path: Path) -> None:
     tmp.replace(path)
 
 
+def _write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(path.name + ".tmp")
+    # Same column types and values as the CSV (float64, int64), so both formats load to identical arrays.
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(path)
+
+
+WRITERS = {"csv": _write_csv, "parquet": _write_parquet}
+
+
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
@@ -463,9 +475,13 @@ def simulate(
     val_frac: float = 0.15,
     test_frac: float = 0.15,
     progress: bool = True,
+    fmt: str = "csv",
 ) -> dict[str, Any]:
-    """Simulate, write the three CSVs and the meta JSON into ``out_dir``; returns the meta."""
-    args = (subjects, days, seed, out_dir, val_frac, test_frac, progress)
+    """Simulate, write the three splits (``fmt``: csv or parquet) and the meta JSON into ``out_dir``;
+    returns the meta."""
+    if fmt not in WRITERS:
+        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(WRITERS)}")
+    args = (subjects, days, seed, out_dir, val_frac, test_frac, progress, fmt)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - scikit-learn depends on it
@@ -476,7 +492,7 @@ def simulate(
         return _simulate(*args)
 
 
-def _simulate(subjects, days, seed, out_dir, val_frac, test_frac, progress) -> dict[str, Any]:
+def _simulate(subjects, days, seed, out_dir, val_frac, test_frac, progress, fmt) -> dict[str, Any]:
     if subjects < 1 or days < 1:
         raise ValueError(f"--subjects ({subjects}) and --days ({days}) must be at least 1")
     split_ids = split_subjects(subjects, val_frac, test_frac, seed)
@@ -496,12 +512,11 @@ def _simulate(subjects, days, seed, out_dir, val_frac, test_frac, progress) -> d
     importer.join()
 
     split_rows = {k: np.flatnonzero(np.isin(sim["subject"], ids)) for k, ids in split_ids.items()}
-    paths = {k: out / f"{PREFIX}_{k}.csv" for k in SPLITS}
+    paths = {k: out / f"{PREFIX}_{k}.{fmt}" for k in SPLITS}
+    write = WRITERS[fmt]
     # CSV writing releases the GIL; the reference figures below run meanwhile.
     pool = ThreadPoolExecutor(max_workers=2)
-    futures = [
-        pool.submit(lambda k=k: _write_csv(_table(sim, split_rows[k], days), paths[k])) for k in SPLITS
-    ]
+    futures = [pool.submit(lambda k=k: write(_table(sim, split_rows[k], days), paths[k])) for k in SPLITS]
 
     qv = sim["query_value"]
     train_rows = split_rows["train"]
@@ -521,9 +536,15 @@ def _simulate(subjects, days, seed, out_dir, val_frac, test_frac, progress) -> d
     for fut in futures:
         fut.result()
     pool.shutdown()
-    tick("CSV files written")
+    tick(f"{fmt} files written")
+    for k in SPLITS:
+        # A split left from an earlier run in the other format would disagree with the new meta, and the
+        # loader refuses a folder holding both formats of one split.
+        for other in WRITERS.keys() - {fmt}:
+            (out / f"{PREFIX}_{k}.{other}").unlink(missing_ok=True)
 
     meta = _meta(subjects, days, seed, val_frac, test_frac, P, split_ids, splits, logreg, best_hours, trig)
+    meta["files"] = {k: p.name for k, p in paths.items()}
     meta_path = out / f"{PREFIX}_meta.json"
     tmp = meta_path.with_name(meta_path.name + ".tmp")
     tmp.write_text(json.dumps(_jsonable(meta), indent=1, allow_nan=False) + "\n", encoding="utf-8")
@@ -597,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aline.simulate",
         description="Write synthetic hourly migraine-diary data with its exact posterior and oracle figures: "
-        "DIR/synthetic_migraine_{train,val,test}.csv and DIR/synthetic_migraine_meta.json.",
+        "DIR/synthetic_migraine_{train,val,test}.csv (or .parquet with --format parquet) and "
+        "DIR/synthetic_migraine_meta.json.",
     )
     parser.add_argument("--subjects", type=int, default=300, help="number of subjects (default 300)")
     parser.add_argument(
@@ -615,9 +637,25 @@ def main(argv: list[str] | None = None) -> int:
         "--test-frac", type=float, default=0.15, help="share of subjects in the test split (default 0.15)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines or realism summary on stderr")
+    parser.add_argument(
+        "--format",
+        choices=sorted(WRITERS),
+        default="csv",
+        help="file format of the three splits: csv or parquet (.parquet; the trainer reads either; "
+        "default csv)",
+    )
     args = parser.parse_args(argv)
     try:
-        simulate(args.subjects, args.days, args.seed, args.out, args.val_frac, args.test_frac, not args.quiet)
+        simulate(
+            args.subjects,
+            args.days,
+            args.seed,
+            args.out,
+            args.val_frac,
+            args.test_frac,
+            not args.quiet,
+            args.format,
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ errors to exit codes (0 success, 2 invalid config or data, 1 failure during trai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from aline.losses import resolve_posterior
 from aline.model import build_model
 from aline.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 from aline.scoring import binary_scores
+from aline.shared_arrays import SharedSplit, open_splits, shared_splits
 
 
 @dataclass
@@ -64,7 +66,7 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
         )
         raise DataError(
             f"data.dir={data.dir!r}, data.prefix={data.prefix!r}: missing {', '.join(missing)}. Give the "
-            f"folder that holds {data.prefix}_{{train,val,test}}.csv{hint}"
+            f"folder that holds {data.prefix}_{{train,val,test}}.csv (or .parquet){hint}"
         )
     splits = load_splits(data, splits=SPLITS)
     for warning in feature_report(splits["train"])[1]:
@@ -357,14 +359,14 @@ def _training(
     cfg: Config,
     run_dir: str,
     resume: bool,
-    splits: dict[str, RawSplit],
+    splits: dict[str, RawSplit | SharedSplit],
     resolved: list[str],
     init: InitFrom | None = None,
 ) -> None:
     # Under torchrun every process computed its own timestamp; rank 0's name wins.
     run_path = Path(idist.broadcast(run_dir, src=0))
     resolved.append(str(run_path))  # seen by the caller when this runs in its process (torchrun, 1 process)
-    run = setup_run(cfg, run_path, splits, resume=resume, init=init)
+    run = setup_run(cfg, run_path, open_splits(splits), resume=resume, init=init)
     run.trainer.run(run.train_loader, max_epochs=cfg.trainer.epochs)
     # Every rank reads status.json afterwards; wait until rank 0 has written the final state.
     idist.barrier()
@@ -433,8 +435,13 @@ def _train_in(
     # a spawned group takes a free port unless the user named one.
     port = _free_port() if spawn and "MASTER_PORT" not in os.environ else None
     extra = {"master_port": port} if port is not None else {}
-    with idist.Parallel(backend=backend, nproc_per_node=spawn, **extra) as parallel:
-        parallel.run(_training, cfg, str(run_dir), resume, splits, resolved, init)
+    with contextlib.ExitStack() as stack:
+        if spawn:
+            # Spawned ranks map one shared copy of the arrays rather than each unpickling its own; this
+            # process drops its copy (the only reference) before they start.
+            splits = stack.enter_context(shared_splits(splits))
+        with idist.Parallel(backend=backend, nproc_per_node=spawn, **extra) as parallel:
+            parallel.run(_training, cfg, str(run_dir), resume, splits, resolved, init)
     # Spawned children broadcast this process's name; under torchrun rank 0's name replaces ours.
     run_dir = Path(resolved[0]) if resolved else run_dir
     status = _read_status(run_dir)

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         # One untimed pass of each warms the page cache and imports.
         n_rows = len(pd.read_csv(path))
         ds = load_end_to_end(path, columns)
-        print(f"rows: {n_rows}, windows: {len(ds)}, features: {ds.tensors['x'].shape[-1]}")
+        print(f"rows: {n_rows}, windows: {len(ds)}, features: {ds[0]['x'].shape[-1]}")
 
         # Wall time is the figure that counts; process CPU time (all threads) is shown beside it because on
         # a busy shared machine it varies far less than wall time does.

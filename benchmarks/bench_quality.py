@@ -8,7 +8,14 @@ the oracle figures from the simulator's meta file and prints
   AUC - logistic-regression AUC (> 0), policy_value (query_value reward: >= 0.8 and > best fixed hours),
   and the wall time of the run (< 5 minutes on 2 cores with nothing else running).
 
-    python benchmarks/bench_quality.py [--rewards uncertainty,query_value] [--keep runs] [KEY=VALUE ...]
+Time to quality: the wall time, from the launch of the training process, of the first validation row
+(metrics.csv, its unix ``time``) that meets every target together: AUC >= 0.99x Bayes, Brier <= 1.02x,
+post_mse <= 1.10x the floor, policy_value >= 0.85. It is also shown from the run's ``started`` time in
+status.json (after imports and data loading). With ``--seeds 0,1,2`` every reward is trained once per seed;
+each seed's figure and the median are printed.
+
+    python benchmarks/bench_quality.py [--rewards uncertainty,query_value] [--seeds 0,1,2] [--keep runs]
+                                       [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -16,11 +23,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+
+# Time-to-quality targets: ratios to the oracle references of the validation split (meta file).
+TTQ_TARGETS = {"auc": 0.99, "brier": 1.02, "post_mse": 1.10, "policy_value": 0.85}
 
 
 def best_val_row(run: Path) -> dict[str, float]:
@@ -31,14 +44,49 @@ def best_val_row(run: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if v and k != "split"}
 
 
-def run_once(reward: str, overrides: list[str], runs: Path) -> tuple[Path, float]:
-    cmd = [sys.executable, "-m", "aline.train", f"run.dir={runs}", f"run.name={reward}",
+def meets_targets(row: dict[str, str], ref: dict) -> bool:
+    try:
+        return (
+            float(row["auc"]) >= TTQ_TARGETS["auc"] * ref["oracle"]["auc"]
+            and float(row["brier"]) <= TTQ_TARGETS["brier"] * ref["oracle"]["brier"]
+            and float(row["post_mse"]) <= TTQ_TARGETS["post_mse"] * ref["post_var_floor"]
+            and float(row["policy_value"]) >= TTQ_TARGETS["policy_value"]
+        )
+    except (KeyError, ValueError):  # a metric missing from the row
+        return False
+
+
+def time_to_quality(run: Path, ref: dict, launched: float) -> dict[str, float]:
+    """Seconds from the process launch (and from status.json "started") to the first validation row
+    meeting every target; inf when none does."""
+    started = json.loads((run / "status.json").read_text())["started"]
+    started_unix = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+    with (run / "metrics.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val"]
+    for row in rows:
+        if meets_targets(row, ref):
+            t = float(row["time"])
+            return {
+                "from_launch": t - launched,
+                "from_started": t - started_unix,
+                "epoch": float(row["epoch"]),
+            }
+    return {"from_launch": math.inf, "from_started": math.inf, "epoch": math.nan}
+
+
+def run_once(reward: str, overrides: list[str], runs: Path, name: str) -> tuple[Path, float, float]:
+    cmd = [sys.executable, "-m", "aline.train", f"run.dir={runs}", f"run.name={name}",
            f"policy.reward={reward}", "logging.progress=false", *overrides]  # fmt: skip
+    launched = time.time()
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    run = max(p for p in runs.iterdir() if p.name.endswith(f"-{reward}"))  # the newest of that name
-    return run, seconds
+    run = max(p for p in runs.iterdir() if p.name.endswith(f"-{name}"))  # the newest of that name
+    return run, seconds, launched
+
+
+def _fmt_s(v: float) -> str:
+    return "not reached" if math.isinf(v) else f"{v:.1f} s"
 
 
 def main() -> int:
@@ -48,6 +96,9 @@ def main() -> int:
     parser.add_argument("--rewards", default="uncertainty,query_value", help="comma-separated reward choices")
     parser.add_argument("--data-dir", default="data", help="folder with the simulator's CSVs and meta")
     parser.add_argument("--keep", metavar="DIR", help="keep the runs under DIR (default: a temp dir)")
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds, one run per seed and reward (default: config's)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
     args = parser.parse_args()
     overrides = [f"data.dir={args.data_dir}", *args.overrides]
@@ -55,10 +106,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.keep or tmp)
         runs.mkdir(parents=True, exist_ok=True)
-        for reward in args.rewards.split(","):
-            run, seconds = run_once(reward, overrides, runs)
+        seeds = [None] if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+        ttq: dict[str, list[tuple[int | None, dict[str, float]]]] = {}
+        for reward, seed in [(r, s) for r in args.rewards.split(",") for s in seeds]:
+            seeded = [] if seed is None else [f"seed={seed}"]
+            name = reward if seed is None else f"{reward}-seed{seed}"
+            run, seconds, launched = run_once(reward, [*overrides, *seeded], runs, name)
             meta = json.loads((Path(args.data_dir) / "synthetic_migraine_meta.json").read_text())
             ref = meta["splits"]["val"]
+            reached = time_to_quality(run, ref, launched)
+            ttq.setdefault(reward, []).append((seed, reached))
             row = best_val_row(run)
             checks = [
                 ("AUC / Bayes AUC", row["auc"] / ref["oracle"]["auc"], ">=", 0.99),
@@ -72,7 +129,14 @@ def main() -> int:
                 checks.append(
                     ("policy_value - best fixed", row["policy_value"] - ref["best_fixed_share"], ">", 0)
                 )
-            print(f"\n== policy.reward={reward}: best epoch {int(row['epoch'])}, {seconds:.0f} s ==")
+            seed_note = "" if seed is None else f", seed {seed}"
+            print(
+                f"\n== policy.reward={reward}{seed_note}: best epoch {int(row['epoch'])}, {seconds:.0f} s =="
+            )
+            print(
+                f"   time to quality: {_fmt_s(reached['from_launch'])} from launch "
+                f"({_fmt_s(reached['from_started'])} from status.json started; epoch {reached['epoch']:g})"
+            )
             print(
                 f"   val auc {row['auc']:.4f} (Bayes {ref['oracle']['auc']:.4f}, "
                 f"logreg {ref['logreg_auc']:.4f})"
@@ -89,6 +153,14 @@ def main() -> int:
                 }[op]
                 ok &= good
                 print(f"   {'ok  ' if good else 'MISS'} {name:28s} {value:8.4f}  (target {op} {target})")
+    targets = ", ".join(f"{k} {v:g}" for k, v in TTQ_TARGETS.items())
+    print(f"\n== time to quality (first val row meeting every target: {targets}) ==")
+    for reward, entries in ttq.items():
+        per_seed = "  ".join(
+            f"seed {'cfg' if s is None else s}: {_fmt_s(r['from_launch'])}" for s, r in entries
+        )
+        median = statistics.median(r["from_launch"] for _, r in entries)
+        print(f"   policy.reward={reward}: {per_seed}  -> median {_fmt_s(median)} from launch")
     return 0 if ok else 1
 
 
