@@ -56,6 +56,22 @@ class ColumnsConfig(_Section):
     query_value: str | None = "query_value"
     p_bayes: str | None = "p_bayes"
     p_true: str | None = "p_true"
+    # The closed loop: asked feature -> the column holding the answer the patient would give if asked at
+    # that hour (empty where it cannot be asked). Empty mapping, or the column absent from the CSV: no loop.
+    answers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _answers_fill_features(self) -> ColumnsConfig:
+        if len(self.answers) > 1:
+            raise ValueError(f"answers: one asked feature is supported, got {sorted(self.answers)}")
+        for feature in self.answers:
+            if feature not in self.features:
+                raise ValueError(f"answers: {feature!r} is not one of the features {self.features}")
+        return self
+
+    @property
+    def asked_feature(self) -> str | None:
+        return next(iter(self.answers), None)
 
     def latent_columns(self) -> list[str]:
         return [self.latent_prefix + n for n in self.latents]
@@ -136,10 +152,15 @@ class LossConfig(_Section):
 
 class PolicyConfig(_Section):
     k: int = Field(3, ge=1, le=24)
-    reward: Literal["uncertainty", "query_value"] = "uncertainty"
+    # auto: query_value when the data has that column, else info_gain when it has answers, else uncertainty.
+    reward: Literal["auto", "uncertainty", "query_value", "info_gain"] = "auto"
+    info_gain: Literal["variance", "logprob"] = "variance"
     samples: int = Field(4, ge=1, le=64)
     baseline: Literal["loo", "batch_mean", "none"] = "loo"
     train_encoder: bool = False
+    unaskable_when: list[str] = Field(default_factory=lambda: ["asleep"])
+    random_reveal: float = Field(0.5, ge=0.0, le=1.0)
+    gain_windows: int = Field(512, ge=0)
 
     @model_validator(mode="after")
     def _loo_needs_two_samples(self) -> PolicyConfig:
@@ -200,6 +221,10 @@ class Config(_Section):
         for key, name in chosen.items():
             if name not in VAL_METRICS:
                 raise ValueError(f"{key}: unknown metric {name!r}; choose one of {', '.join(VAL_METRICS)}")
+        features = self.data.columns.features
+        for name in self.policy.unaskable_when:
+            if name not in features:
+                raise ValueError(f"policy.unaskable_when: {name!r} is not one of the features {features}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

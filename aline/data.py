@@ -68,6 +68,9 @@ class RawSplit:
     query_value: np.ndarray | None  # [N, 24] float32
     p_bayes: np.ndarray | None  # [N] float32
     p_true: np.ndarray | None  # [N] float32
+    # The closed loop (data.columns.answers): the answer to the asked feature if asked at each hour.
+    answers: np.ndarray | None = None  # [N, 24] float32, NaN where it cannot be asked
+    asked_feature: str | None = None  # the feature those answers fill
 
     def __len__(self) -> int:
         return int(self.window_id.shape[0])
@@ -138,12 +141,14 @@ class _Plan:
     query_value: str | None
     p_bayes: str | None
     p_true: str | None
+    answer: str | None = None
 
     def columns(self) -> list[str]:
         out = [self.window_id, self.hour, *self.features]
         for group in (self.latents, self.sigma, self.post_mean):
             out += group or []
-        out += [c for c in (self.label, self.query_value, self.p_bayes, self.p_true) if c is not None]
+        singles = (self.label, self.query_value, self.p_bayes, self.p_true, self.answer)
+        out += [c for c in singles if c is not None]
         return out
 
 
@@ -193,6 +198,7 @@ def _plan(path: Path, header: list[str], columns: ColumnsConfig, require_targets
         query_value=single(columns.query_value),
         p_bayes=single(columns.p_bayes),
         p_true=single(columns.p_true),
+        answer=single(next(iter(columns.answers.values()), None)),
     )
     used = plan.columns()
     twice = sorted({c for c in used if header.count(c) > 1})
@@ -459,6 +465,9 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
     query_value = None if blank(qv, True) else hourly([qv], allow_missing=False).reshape(n, HOURS)
     p_bayes = None if blank(plan.p_bayes, True) else per_window(plan.p_bayes, lo=0.0, hi=1.0)
     p_true = None if blank(plan.p_true, True) else per_window(plan.p_true, lo=0.0, hi=1.0)
+    answers = (
+        None if blank(plan.answer, True) else hourly([plan.answer], allow_missing=True).reshape(n, HOURS)
+    )
     return RawSplit(
         path=path,
         window_id=wid_sorted,
@@ -471,10 +480,12 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
         query_value=query_value,
         p_bayes=p_bayes,
         p_true=p_true,
+        answers=answers,
+        asked_feature=None if answers is None else columns.asked_feature,
     )
 
 
-_OPTIONAL = ("sigma", "post_mean", "query_value", "p_bayes", "p_true")
+_OPTIONAL = ("sigma", "post_mean", "query_value", "p_bayes", "p_true", "answers")
 
 
 def load_splits(data: DataConfig, splits: Iterable[str] = SPLITS) -> dict[str, RawSplit]:
@@ -610,11 +621,12 @@ class WindowDataset(torch.utils.data.Dataset):
     """All windows of one split as tensors, built once; items and batches are dicts of tensors.
 
     Keys: ``index`` (dataset row), ``x`` and ``mask`` [.., 24, F], and when the split has them ``z``
-    [.., 24, Z], ``y``, ``sigma`` [.., 24, Z], ``query_value`` [.., 24]. Use ``collate_fn=keep_batch``
-    in a DataLoader: it then fetches whole batches through ``__getitems__``.
+    [.., 24, Z], ``y``, ``sigma`` [.., 24, Z], ``query_value`` [.., 24]; with ``pool`` given, ``pool``
+    [.., 24] (1 = askable) and ``answer`` [.., 24] (the normalised answer, 0 where there is none). Use
+    ``collate_fn=keep_batch`` in a DataLoader: it then fetches whole batches through ``__getitems__``.
     """
 
-    def __init__(self, raw: RawSplit, normalizer: Normalizer) -> None:
+    def __init__(self, raw: RawSplit, normalizer: Normalizer, pool: np.ndarray | None = None) -> None:
         normalizer.check_features(raw.feature_names, where=str(raw.path))
         x, mask = normalizer.transform(raw.features)
         self.window_id = raw.window_id  # [N] int64, for writing predictions back per window
@@ -627,6 +639,14 @@ class WindowDataset(torch.utils.data.Dataset):
         for key, value in optional.items():
             if value is not None:
                 self.tensors[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        if pool is not None:
+            self.tensors["pool"] = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))
+            answer = np.zeros(pool.shape, dtype=np.float32)  # [N, 24]
+            if raw.answers is not None:
+                j = normalizer.feature_names.index(raw.asked_feature)
+                scaled = (raw.answers - normalizer.mean[j]) / normalizer.std[j]
+                answer = np.where(np.isnan(raw.answers), 0.0, scaled).astype(np.float32)
+            self.tensors["answer"] = torch.from_numpy(answer)
 
     def __len__(self) -> int:
         return int(self.tensors["index"].shape[0])

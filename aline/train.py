@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import numpy as np
 import torch
 import yaml
 from ignite.engine import Engine
 from torch.utils.data import DataLoader
 
 from aline import contract
+from aline.asking import pool_mask
 from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, Normalizer, RawSplit, WindowDataset, load_splits
 from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
 from aline.handlers import RunHandlers, install_sigterm_handler
+from aline.loop import resolve_reward
 from aline.model import build_model
 from aline.scoring import binary_scores
 
@@ -63,6 +66,22 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
     return splits
 
 
+def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
+    """``policy.reward=auto`` made concrete for this data (so config.yaml says what was trained)."""
+    train = splits["train"]
+    reward = resolve_reward(
+        cfg.policy.reward,
+        has_query_value=train.query_value is not None,
+        has_answers=train.answers is not None,
+    )
+    return cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"reward": reward})})
+
+
+def pool_for(cfg: Config, raw: RawSplit) -> np.ndarray:
+    """The question pool of one split under this config. ``[N, 24]`` bool"""
+    return pool_mask(raw, cfg.data.columns.asked_feature, cfg.policy.unaskable_when)
+
+
 def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
     """Columns that the chosen options need, checked before any run folder exists (exit 2, not a crash)."""
     cols = cfg.data.columns
@@ -77,6 +96,11 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
                 f"{raw.path}: policy.reward=query_value needs the column {cols.query_value!r} "
                 "(data.columns.query_value); use policy.reward=uncertainty instead"
             )
+        if cfg.policy.reward == "info_gain" and raw.answers is None:
+            raise DataError(
+                f"{raw.path}: policy.reward=info_gain needs an answer column (data.columns.answers = "
+                f"{cols.answers}); use policy.reward=uncertainty instead"
+            )
 
 
 def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
@@ -89,9 +113,14 @@ def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
     meta_path = cfg.data.meta_path
     if meta_path.is_file():
         split = json.loads(meta_path.read_text()).get("splits", {}).get("val", {})
-        for key in ("logreg_auc", "best_fixed_share"):
+        for key in ("logreg_auc", "best_fixed_share", "random_share"):
             if isinstance(split.get(key), (int, float)):
                 refs[key] = float(split[key])
+        # The exact-Bayes forecast after the oracle's k answers (simulator meta: asked.oracle.{auc,brier}).
+        oracle_asked = (split.get("asked") or {}).get("oracle") or {}
+        for key in ("auc", "brier"):
+            if isinstance(oracle_asked.get(key), (int, float)):
+                refs[f"{key}_asked"] = float(oracle_asked[key])
     return refs
 
 
@@ -165,13 +194,14 @@ def setup_run(cfg: Config, run_path: Path, splits: dict[str, RawSplit], *, resum
     """Build the engines with every metric and handler attached (and the run folder's first files)."""
     from aline import handlers, metrics
 
+    cfg = resolve_config(cfg, splits)
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
     norm_path = run_path / contract.NORMALIZER_FILE
     # A resumed run keeps the statistics it was trained with, even if the CSVs changed since.
     normalizer = Normalizer.load(norm_path) if resume else Normalizer.fit(splits["train"])
-    train_set = WindowDataset(splits["train"], normalizer)
-    val_set = WindowDataset(splits["val"], normalizer)
+    train_set = WindowDataset(splits["train"], normalizer, pool=pool_for(cfg, splits["train"]))
+    val_set = WindowDataset(splits["val"], normalizer, pool=pool_for(cfg, splits["val"]))
     train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=cfg.seed)
 
@@ -237,6 +267,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError(WANDB_MISSING)
     splits = prepare_data(cfg, announce=announce)
+    cfg = resolve_config(cfg, splits)
     run_dir = Path(resume) if resume is not None else new_run_dir(cfg)
     backend = cfg.dist.backend
     if backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
