@@ -30,7 +30,7 @@ def make_frame(n_windows: int, seed: int, first_id: int = 0) -> pd.DataFrame:
     n, f, z_dim = n_windows, len(DEFAULT_FEATURES), len(DEFAULT_LATENTS)
     feats = rng.normal(size=(n, HOURS, f))
     feats[rng.random(size=feats.shape) < 0.15] = np.nan  # gaps, as the wearables have
-    # Asleep is a 0/1 flag without gaps (it decides which hours can be asked about): night plus a random lie-in.
+    # Asleep: a 0/1 flag without gaps (it decides which hours can be asked about), night plus a lie-in.
     wake = rng.integers(5, 10, size=(n, 1))
     feats[:, :, DEFAULT_FEATURES.index("asleep")] = (hours_of_day() < wake) | (hours_of_day() >= 23)
     z = rng.normal(size=(n, HOURS, z_dim)).cumsum(axis=1) * 0.3
