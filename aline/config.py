@@ -24,11 +24,17 @@ DEFAULT_FEATURES = (
     "screen_time_min",
     "steps",
     "menstrual_window",
+    "busy",
     "heart_rate",
     "hrv",
     "skin_temp",
     "stress_rating",
+    "symptom_score",
 )
+# The diary question the simulator can answer at any askable hour, and the column holding the answers.
+DEFAULT_ANSWERS = {"symptom_score": "ask_symptom_score"}
+# Observed 0/1 features under which an hour cannot be asked about (the simulator's defaults).
+DEFAULT_UNASKABLE_WHEN = ("asleep", "busy")
 DEFAULT_LATENTS = ("stress", "sleep_debt", "hormonal", "env_load")
 SPLITS = ("train", "val", "test")
 
@@ -56,22 +62,19 @@ class ColumnsConfig(_Section):
     query_value: str | None = "query_value"
     p_bayes: str | None = "p_bayes"
     p_true: str | None = "p_true"
-    # The closed loop: asked feature -> the column holding the answer the patient would give if asked at
-    # that hour (empty where it cannot be asked). Empty mapping, or the column absent from the CSV: no loop.
-    answers: dict[str, str] = Field(default_factory=dict)
+    # Asked feature -> column with the answer the patient would give at each hour (empty where the hour
+    # cannot be asked). Null or empty: no question can be asked, so no closed loop.
+    answers: dict[str, str] | None = Field(default_factory=lambda: dict(DEFAULT_ANSWERS))
 
     @model_validator(mode="after")
-    def _answers_fill_features(self) -> ColumnsConfig:
-        if len(self.answers) > 1:
+    def _one_asked_feature(self) -> ColumnsConfig:
+        if self.answers and len(self.answers) > 1:
             raise ValueError(f"answers: one asked feature is supported, got {sorted(self.answers)}")
-        for feature in self.answers:
-            if feature not in self.features:
-                raise ValueError(f"answers: {feature!r} is not one of the features {self.features}")
         return self
 
     @property
     def asked_feature(self) -> str | None:
-        return next(iter(self.answers), None)
+        return next(iter(self.answers or {}), None)
 
     def latent_columns(self) -> list[str]:
         return [self.latent_prefix + n for n in self.latents]
@@ -158,7 +161,8 @@ class PolicyConfig(_Section):
     samples: int = Field(4, ge=1, le=64)
     baseline: Literal["loo", "batch_mean", "none"] = "loo"
     train_encoder: bool = False
-    unaskable_when: list[str] = Field(default_factory=lambda: ["asleep"])
+    # An hour is askable when its asked-feature cell is empty and every feature listed here is 0.
+    unaskable_when: list[str] = Field(default_factory=lambda: list(DEFAULT_UNASKABLE_WHEN))
     random_reveal: float = Field(0.5, ge=0.0, le=1.0)
     gain_windows: int = Field(512, ge=0)
 
@@ -221,10 +225,23 @@ class Config(_Section):
         for key, name in chosen.items():
             if name not in VAL_METRICS:
                 raise ValueError(f"{key}: unknown metric {name!r}; choose one of {', '.join(VAL_METRICS)}")
-        features = self.data.columns.features
-        for name in self.policy.unaskable_when:
-            if name not in features:
-                raise ValueError(f"policy.unaskable_when: {name!r} is not one of the features {features}")
+        return self
+
+    @model_validator(mode="after")
+    def _asking_uses_features(self) -> Config:
+        feats = set(self.data.columns.features)
+        problems = [
+            f"data.columns.answers: {name!r} is not in data.columns.features"
+            for name in (self.data.columns.answers or {})
+            if name not in feats
+        ]
+        problems += [
+            f"policy.unaskable_when: {name!r} is not in data.columns.features"
+            for name in self.policy.unaskable_when
+            if name not in feats
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def to_dict(self) -> dict[str, Any]:

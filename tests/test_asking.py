@@ -189,6 +189,7 @@ def test_info_gain_learns_to_ask_the_reliable_hours(one_torch_thread):
             "data.columns.features=[asleep, rating, reliable]",
             "data.columns.latents=[s]",
             "data.columns.answers={rating: ask_rating}",
+            "policy.unaskable_when=[asleep]",
             "policy.reward=info_gain",
             "policy.samples=4",
             "policy.random_reveal=0.5",

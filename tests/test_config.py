@@ -97,3 +97,13 @@ def test_malformed_override_and_file_problems(tmp_path: Path) -> None:
     bad.write_text("optim: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_asking_keys_default_to_the_simulator_and_must_name_features() -> None:
+    cfg = Config()
+    assert cfg.data.columns.answers == {"symptom_score": "ask_symptom_score"}
+    assert cfg.policy.unaskable_when == ["asleep", "busy"]
+    assert load_config(None, ["data.columns.answers=null"]).data.columns.answers is None
+    msg = _problems(["policy.unaskable_when=[asleep, drivng]", "data.columns.answers={mood: ask_mood}"])
+    assert "policy.unaskable_when: 'drivng' is not in data.columns.features" in msg
+    assert "data.columns.answers: 'mood' is not in data.columns.features" in msg
