@@ -345,6 +345,28 @@ def test_references_agree_with_the_simulators_meta(simulated: tuple[dict, evalua
     assert report["logreg"]["brier"] == pytest.approx(theirs["brier"], abs=3e-3)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_asking_none_is_the_csv_p_bayes_and_oracle_matches_the_meta(
+    simulated: tuple[dict, evaluate.EvalResult],
+) -> None:
+    meta, result = simulated
+    asking = result.report["asking"]
+    frame = pd.read_csv(Path(result.report["data_file"])).groupby("window_id").first()
+    y, p_bayes = frame["y_next"].to_numpy(float), frame["p_bayes"].to_numpy(float)
+    assert asking["none"]["brier_bayes"] == pytest.approx(float(np.mean((p_bayes - y) ** 2)), abs=1e-6)
+    assert asking["none"]["auc_bayes"] == pytest.approx(roc_auc_score(y, p_bayes), abs=1e-6)
+    ref = meta["splits"]["val"]["asked"]["oracle"]
+    assert asking["oracle"]["brier_bayes"] == pytest.approx(ref["brier"], abs=1e-9)
+    assert asking["oracle"]["auc_bayes"] == pytest.approx(ref["auc"], abs=1e-9)
+    # Every strategy that draws from the pool stays inside it; the clinic's fixed schedule does not.
+    for name in ("none", "trained", "random", "uncertainty", "oracle"):
+        assert asking[name]["outside_pool"] == 0.0, name
+    assert asking["fixed_schedule"]["outside_pool"] > 0.0
+    # Answers can only help the exact posterior: each strategy's exact cut is positive, the oracle's largest.
+    cuts = {name: asking[name]["exact_cut"] for name in asking if name != "none"}
+    assert all(c > 0 for c in cuts.values()) and max(cuts, key=cuts.get) == "oracle"
+
+
 # --- end to end on a tiny trained run -----------------------------------------------------------------
 
 
@@ -377,6 +399,11 @@ def test_trained_run_evaluates_to_the_trainers_own_validation_figures(tmp_path: 
     for key in ("auc", "pr_auc", "brier", "ece", "post_mse", "sigma_mae"):
         assert report[key] == pytest.approx(row[key], abs=1e-6), key
     assert report["policy"]["trained"] == pytest.approx(row["policy_value"], abs=1e-6)
+    trained = report["asking"]["trained"]
+    assert trained["query_value_share"] == pytest.approx(row["policy_value"], abs=1e-6)
+    assert trained["brier_model"] == pytest.approx(row["brier_asked"], abs=1e-6)
+    assert trained["auc_model"] == pytest.approx(row["auc_asked"], abs=1e-6)
+    assert trained["outside_pool"] == row["ask_outside_pool"] == 0.0
     assert report["checkpoint"] == status["best"]["checkpoint"]
 
     # predict on the same CSV gives the evaluator's probabilities, bit for bit
