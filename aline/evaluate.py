@@ -195,9 +195,17 @@ def _load_exact(raw: RawSplit, meta_path: Path) -> Any:
         from aline.exact import load_exact_split
     except ImportError:
         return None
-    if not meta_path.is_file():
+    if not meta_path.is_file() or raw.answers is None:
         return None
-    exact = load_exact_split(raw.path, meta_path)
+    import json
+
+    asking = json.loads(meta_path.read_text(encoding="utf-8")).get("asking") or {}
+    if asking.get("feature") != raw.asked_feature:
+        return None  # a meta file from another simulator version, or another question than the run's
+    try:
+        exact = load_exact_split(raw.path, meta_path)
+    except (ValueError, KeyError) as err:
+        raise DataError(f"{meta_path}: cannot build the exact posterior for {raw.path} ({err})") from None
     if not np.array_equal(np.asarray(exact.window_id), raw.window_id):
         raise DataError(f"{raw.path}: the exact posterior's windows do not match the split's windows")
     return exact
@@ -275,13 +283,28 @@ def asking_report(
     if raw.answers is not None and qv is not None:
         from aline.asking import within_window_spearman
 
-        gains = predictor.one_answer_gains(raw, pool)
-        rho = within_window_spearman(gains, qv, pool)
+        # The first policy.gain_windows windows, as in validation (24 forward passes per window).
+        m = min(n, predictor.cfg.policy.gain_windows)
+        sub = raw if m == n else _first_windows(raw, m)
+        gains = predictor.one_answer_gains(sub, pool[:m])
+        rho = within_window_spearman(gains, qv[:m], pool[:m])
         finite = rho[np.isfinite(rho)]
         detail["gain_spearman"] = float(np.median(finite)) if finite.size else None
         detail["gain_spearman_windows"] = int(finite.size)
-        detail["model_gain_mean"] = float(gains[pool].mean()) if pool.any() else None
+        detail["model_gain_mean"] = float(gains[pool[:m]].mean()) if pool[:m].any() else None
     return out, detail
+
+
+def _first_windows(raw: RawSplit, m: int) -> RawSplit:
+    """The first ``m`` windows of a split (every per-window array cut along axis 0)."""
+    import dataclasses
+
+    cut = {
+        f.name: getattr(raw, f.name)[:m]
+        for f in dataclasses.fields(raw)
+        if isinstance(getattr(raw, f.name), np.ndarray)
+    }
+    return dataclasses.replace(raw, **cut)
 
 
 # --- evaluation ------------------------------------------------------------------------------------------
@@ -602,6 +625,19 @@ def format_summary(report: dict[str, Any]) -> str:
     }
     for name in POLICY_NAMES:
         lines.append(f"  {name:<16}{_num(report['policy'][name])}  {notes.get(name, '')}".rstrip())
+    asking = report.get("asking")
+    if asking:
+        cols = ("query_value_share", "outside_pool", "brier_model", "brier_bayes", "auc_model", "auc_bayes")
+        heads = ("qv share", "outside", "brier", "brier*", "auc", "auc*")
+        lines += [
+            "",
+            "asking: forecasts after each strategy's answers (* = exact Bayes with the same answers)",
+            f"  {'strategy':<16}" + "".join(f"{h:>9}" for h in heads),
+        ]
+        for name, entry in asking.items():
+            lines.append(f"  {name:<16}" + "".join(_num(entry.get(c)) for c in cols))
+        rho = (report.get("asking_detail") or {}).get("gain_spearman")
+        lines.append(f"  one-answer gain Spearman (model vs exact, median over windows): {_num(rho).strip()}")
     return "\n".join(lines)
 
 
