@@ -76,7 +76,10 @@ def test_two_epochs_write_the_whole_run_folder(tiny_data: Path, tmp_path: Path) 
     assert result.state == contract.STATE_FINISHED and result.epoch == 2
     assert run.parent == tmp_path / "runs" and run.name.endswith("-e2e")
 
-    assert load_config(run / contract.CONFIG_FILE) == cfg
+    saved = load_config(run / contract.CONFIG_FILE)
+    # config.yaml says what was trained: policy.reward=auto resolved for data with a query_value column.
+    assert saved.policy.reward == "query_value"
+    assert saved.model_copy(update={"policy": saved.policy.model_copy(update={"reward": "auto"})}) == cfg
     status = json.loads((run / contract.STATUS_FILE).read_text())
     assert status["state"] == "finished" and status["epoch"] == 2
     meta = json.loads((tiny_data / "synthetic_migraine_meta.json").read_text())
@@ -187,14 +190,14 @@ def test_nan_loss_marks_the_run_failed(
 ) -> None:
     import aline.engine as engine_mod
 
-    real = engine_mod.composite_loss
+    real = engine_mod.loop_loss
 
-    def poisoned(out, batch, *args, **kwargs):
-        parts = real(out, batch, *args, **kwargs)
+    def poisoned(*args, **kwargs):
+        parts = real(*args, **kwargs)
         parts.total = parts.total * float("nan")
         return parts
 
-    monkeypatch.setattr(engine_mod, "composite_loss", poisoned)
+    monkeypatch.setattr(engine_mod, "loop_loss", poisoned)
     runs = tmp_path / "runs"
     code = train_mod.main([f"data.dir={tiny_data}", f"run.dir={runs}", *TINY_MODEL])
     assert code == train_mod.EXIT_FAILURE
