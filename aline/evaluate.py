@@ -64,12 +64,17 @@ def chosen_value(query_value: np.ndarray, hours: np.ndarray) -> np.ndarray:
     return np.take_along_axis(query_value, hours, axis=1).sum(axis=1)
 
 
-def random_value(query_value: np.ndarray, k: int) -> np.ndarray:
-    """Expected query value of k distinct hours drawn uniformly at random: k × the window's mean hour.
+def random_value(query_value: np.ndarray, k: int, pool: np.ndarray | None = None) -> np.ndarray:
+    """Expected query value of k distinct hours drawn uniformly at random: k × the window's mean hour;
+    with ``pool`` [N, 24], of min(k, pool size) pool hours: that share of the pool's total.
 
     Exact by linearity of expectation (each hour is in the draw with probability k/24), so the random
     baseline carries no sampling noise and needs no seed. ``[N, 24] -> [N]``
     """
+    if pool is not None:
+        size = pool.sum(axis=1)
+        total = (query_value * pool).sum(axis=1)
+        return np.where(size > 0, np.minimum(k, size) * total / np.maximum(size, 1), 0.0)
     return k * query_value.mean(axis=1)
 
 
@@ -81,6 +86,7 @@ def policy_shares(
     uncertainty: np.ndarray,
     best_fixed: np.ndarray,
     fixed_schedule: tuple[int, ...] = FIXED_SCHEDULE,
+    pool: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Each policy's total query value over the windows as a share of the oracle's (NaN if that is 0).
 
@@ -91,7 +97,7 @@ def policy_shares(
     best = float(oracle_value(qv, k).sum())
     values = {
         "trained": chosen_value(qv, trained),
-        "random": random_value(qv, k),
+        "random": random_value(qv, k, pool),
         "fixed_schedule": chosen_value(qv, np.asarray(fixed_schedule)),
         "best_fixed": chosen_value(qv, best_fixed),
         "uncertainty": chosen_value(qv, uncertainty),
@@ -423,7 +429,7 @@ def evaluate(
         "k": k,
         "measure": "sum of query_value over the chosen hours and all windows / the same for each "
         "window's best k hours",
-        "random": "expected value of k distinct hours drawn uniformly (k x mean hour), exact, no seed",
+        "random": "expected value of k distinct pool hours drawn uniformly, exact, no seed",
         "fixed_schedule_hours": list(FIXED_SCHEDULE),
         "best_fixed_hours": None,
         "trained_topk_frequency": pred.asked.sum(axis=0).astype(np.int64).tolist(),
@@ -439,6 +445,7 @@ def evaluate(
                 trained=pred.asked,
                 uncertainty=unc_pool,
                 best_fixed=best_fixed,
+                pool=pred.pool,
             )
         )
         qv = raw.query_value.astype(np.float64)

@@ -410,3 +410,18 @@ def test_trained_run_evaluates_to_the_trainers_own_validation_figures(tmp_path: 
     written = pd.read_csv(run / contract.EVAL_DIR / "val_predictions.csv")
     served = predict_mod.load(run).predict(cfg.data.split_path("val")).to_frame()
     np.testing.assert_array_equal(served["p_next"].to_numpy(), written["p"].to_numpy())
+
+
+def test_random_value_over_the_pool_is_the_mean_over_every_pool_subset() -> None:
+    rng = np.random.default_rng(5)
+    qv = rng.gamma(2.0, 1.0, size=(6, 24))
+    pool = rng.random((6, 24)) < 0.3
+    pool[0] = False
+    pool[1, :] = False
+    pool[1, [4, 9]] = True  # fewer pool hours than k: both are asked
+    got = evaluate.random_value(qv, 3, pool)
+    for i in range(6):
+        hours = np.flatnonzero(pool[i])
+        subsets = list(itertools.combinations(hours, min(3, len(hours)))) if len(hours) else [()]
+        expected = np.mean([qv[i, list(s)].sum() for s in subsets])
+        assert got[i] == pytest.approx(expected, rel=1e-12, abs=1e-15)
