@@ -125,9 +125,7 @@ class AlineModel(nn.Module):
         scores = self.policy_head(h.detach() if self.detach_policy else h).squeeze(-1)  # [B, T]
         mu_pred = mu_z.detach() if self.detach_prediction else mu_z
         logits = mu_pred @ self.w + self.b  # [B, T]
-        sigma_f = None  # a model restored from a checkpoint that predates the forecast head
-        if self.forecast_head is not None:
-            sigma_f = F.softplus(self.forecast_head(h[:, -1]).squeeze(-1)) + SIGMA_FLOOR  # [B]
+        sigma_f = F.softplus(self.forecast_head(h[:, -1]).squeeze(-1)) + SIGMA_FLOOR  # [B]
         return AlineOutput(mu_z=mu_z, sigma_z=sigma_z, scores=scores, logits=logits, sigma_f=sigma_f)
 
     def prediction_head_parameters(self) -> list[nn.Parameter]:

@@ -397,9 +397,6 @@ def load(
     ckpt = ckpt if ckpt is not None else find_checkpoint(run_dir)
     state = load_state_dict(ckpt)
     model = build_model(cfg, n_features=len(normalizer.feature_names))
-    if not any(key.startswith("forecast_head.") for key in state):
-        # Trained before the forecast head existed: its uncertainty gains fall back to the factorised sigma_z.
-        model.forecast_head = None
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
