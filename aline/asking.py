@@ -147,13 +147,10 @@ def reveal(x: Tensor, mask: Tensor, answer: Tensor, asked: Tensor, feature: int)
 def forecast_moments(out: AlineOutput, w: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of the model's forecast-relevant quantity ``w . z_23``. ``[B], [B]``
 
-    The variance is the forecast head's ``sigma_f^2`` (trained by a Gaussian NLL on ``w . z_23``); for a
-    model without it, the factorised ``sum_j w_j^2 sigma_j^2``. ``w`` is the prediction head (detached by
-    the caller), the model's own idea of what the forecast weighs.
+    The posterior is factorised per latent, so the variance is ``sum_j w_j^2 sigma_j^2``; ``w`` is the
+    prediction head (detached by the caller), the model's own idea of what the forecast weighs.
     """
     mu, sigma = out.mu_z[:, -1], out.sigma_z[:, -1]  # [B, Z]
-    if out.sigma_f is not None:
-        return mu @ w, out.sigma_f.square()
     return mu @ w, sigma.square() @ w.square()
 
 

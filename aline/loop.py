@@ -29,7 +29,6 @@ from aline.config import Config
 from aline.losses import (
     LossParts,
     bce_loss,
-    forecast_nll,
     info_gain_reward,
     posterior_loss,
     set_policy_loss,
@@ -119,15 +118,10 @@ def loop_loss(model: torch.nn.Module, batch: Batch, cfg: Config, spec: LoopSpec)
 
     lam = cfg.loss.lam
     post = posterior_loss(mu[:b], sigma[:b], z, _sigma_target(cfg, batch), lam)  # [B]
-    sigma_f = out.sigma_f
-    if sigma_f is not None:
-        post = post + lam * forecast_nll(mu[:b], sigma_f[:b], z, w)
     bce = bce_loss(logit[:b], y)
     if answers:
         mse1 = (mu[b:] - z).square().flatten(1).mean(1)
         post = post + mse1 + lam * sigma_nll(mu[b:], sigma[b:], z)
-        if sigma_f is not None:
-            post = post + lam * forecast_nll(mu[b:], sigma_f[b:], z, w)
         bce = 0.5 * (bce + bce_loss(logit[b:], y))
     log_prob = asking.pool_log_prob(scores, pool, hours, valid)  # [S, B]
     policy = set_policy_loss(log_prob, set_reward, pol.baseline)

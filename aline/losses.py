@@ -73,14 +73,6 @@ def sigma_nll(mu_z: Tensor, sigma_z: Tensor, z: Tensor) -> Tensor:
     return (sigma_z.log() + err / (2.0 * sigma_z.square())).flatten(1).mean(1)
 
 
-def forecast_nll(mu_z: Tensor, sigma_f: Tensor, z: Tensor, w: Tensor) -> Tensor:
-    """Gaussian NLL of the truth's forecast-relevant part ``s = w . z_23`` under ``N(w . mu_z,23, sigma_f)``,
-    a loss on ``sigma_f`` alone (mean and ``w`` detached), per window ``[B]``."""
-    w = w.detach()
-    err = ((z[:, -1] - mu_z[:, -1].detach()) @ w).square()  # [B]
-    return sigma_f.log() + err / (2.0 * sigma_f.square())
-
-
 def bce_loss(logit_next: Tensor, y: Tensor) -> Tensor:
     """Next-day binary cross-entropy per window, from logits (no log(0) for confident forecasts)."""
     return F.binary_cross_entropy_with_logits(logit_next, y.to(logit_next.dtype), reduction="none")

@@ -31,8 +31,6 @@ class AlineOutput:
     sigma_z: Tensor  # [B, T, Z], > 0
     scores: Tensor  # [B, T] logits of the query distribution over hours
     logits: Tensor  # [B, T] migraine logits mu_z,t · w + b
-    # [B] std of the forecast-relevant quantity w · z_23 (w detached); None for models without that head
-    sigma_f: Tensor | None = None
 
     @property
     def p(self) -> Tensor:  # [B, T]
@@ -103,10 +101,6 @@ class AlineModel(nn.Module):
             nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 2 * n_latents)
         )
         self.policy_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
-        # The std of w · z_23 given the input: the uncertainty the forecast depends on, correlations between
-        # latents included (a factorised sigma_z cannot hold them). The loop's info_gain and the one-answer
-        # gains read it; it learns from a target-free Gaussian NLL on every pass.
-        self.forecast_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
         # Small non-zero w so that, with the stop-gradient switched off, the labels reach the encoder at once.
         self.w = nn.Parameter(torch.randn(n_latents) * (0.1 / math.sqrt(n_latents)))
         self.b = nn.Parameter(torch.zeros(()))
@@ -125,8 +119,7 @@ class AlineModel(nn.Module):
         scores = self.policy_head(h.detach() if self.detach_policy else h).squeeze(-1)  # [B, T]
         mu_pred = mu_z.detach() if self.detach_prediction else mu_z
         logits = mu_pred @ self.w + self.b  # [B, T]
-        sigma_f = F.softplus(self.forecast_head(h[:, -1]).squeeze(-1)) + SIGMA_FLOOR  # [B]
-        return AlineOutput(mu_z=mu_z, sigma_z=sigma_z, scores=scores, logits=logits, sigma_f=sigma_f)
+        return AlineOutput(mu_z=mu_z, sigma_z=sigma_z, scores=scores, logits=logits)
 
     def prediction_head_parameters(self) -> list[nn.Parameter]:
         """``w`` and ``b``: the only parameters the labels train under the default stop-gradient."""
