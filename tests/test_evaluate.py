@@ -185,7 +185,15 @@ def test_policy_shares_recomputed_from_the_csvs(evaluated: tuple[Path, evaluate.
     policy = report["policy"]
     assert policy["oracle"] == pytest.approx(1.0)
     assert policy["trained"] == pytest.approx(np.take_along_axis(qv, trained, 1).sum() / oracle_total)
-    assert policy["random"] == pytest.approx(3 * qv.mean(axis=1).sum() / oracle_total)
+    # Random: k pool hours uniformly (pool = an answer exists and the symptom score was not logged).
+    frame = pd.read_csv(cfg.data.split_path("val")).sort_values(["window_id", "hour"])
+    pool = (frame["ask_symptom_score"].notna() & frame["symptom_score"].isna()).to_numpy().reshape(-1, 24)
+    random_total = 0.0
+    for row, hours in zip(qv, pool, strict=True):
+        members = np.flatnonzero(hours)
+        combos = list(itertools.combinations(members, min(3, len(members))))
+        random_total += np.mean([row[list(c)].sum() for c in combos]) if len(members) else 0.0
+    assert policy["random"] == pytest.approx(random_total / oracle_total)
     assert policy["random"] < 1.0
     best3 = max(itertools.combinations(range(24), 3), key=lambda c: qv_train[:, list(c)].sum())
     assert report["policy_detail"]["best_fixed_hours"] == list(best3)
