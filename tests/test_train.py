@@ -241,14 +241,17 @@ def test_two_processes_log_the_metrics_one_process_computes(tiny_data: Path, tmp
     logged = val_rows(result.run_dir)[-1]
 
     norm = Normalizer.load(result.run_dir / contract.NORMALIZER_FILE)
-    val = WindowDataset(read_split(tiny_data / "synthetic_migraine_val.csv", cfg.data.columns), norm)
+    cfg = load_config(result.run_dir / contract.CONFIG_FILE)  # as trained: policy.reward resolved
+    raw = read_split(tiny_data / "synthetic_migraine_val.csv", cfg.data.columns)
+    val = WindowDataset(raw, norm, pool=train_mod.pool_for(cfg, raw))
     model = build_model(cfg, len(norm.feature_names))
     state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     model.load_state_dict(state)
     evaluator = setup_evaluator(cfg, model, torch.device("cpu"))
     attach_validation_metrics(evaluator, cfg.policy.k)
     evaluator.run(make_loader(val, 7, train=False, seed=cfg.seed))  # odd batch size: other batching
-    for name in ("auc", "brier", "ece", "pr_auc", "post_mse", "policy_value"):
+    loop = ("policy_value", "ask_outside_pool", "brier_asked", "auc_asked")
+    for name in ("auc", "brier", "ece", "pr_auc", "post_mse", *loop):
         assert float(logged[name]) == pytest.approx(evaluator.state.metrics[name], rel=1e-6, abs=1e-9), name
     # Only rank 0 wrote: one val row per epoch.
     assert len(val_rows(result.run_dir)) == 1
