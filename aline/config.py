@@ -75,6 +75,16 @@ class ColumnsConfig(_Section):
     # cannot be asked). Null or empty: no question can be asked, so no closed loop.
     answers: dict[str, str] | None = Field(default_factory=lambda: dict(DEFAULT_ANSWERS))
 
+    @model_validator(mode="after")
+    def _one_asked_feature(self) -> ColumnsConfig:
+        if self.answers and len(self.answers) > 1:
+            raise ValueError(f"answers: one asked feature is supported, got {sorted(self.answers)}")
+        return self
+
+    @property
+    def asked_feature(self) -> str | None:
+        return next(iter(self.answers or {}), None)
+
     def _group(self, prefix: str | None) -> list[str] | None:
         if prefix is None:
             return None
@@ -198,12 +208,16 @@ class LossConfig(_Section):
 
 class PolicyConfig(_Section):
     k: int = Field(3, ge=1, le=24)
-    reward: Literal["uncertainty", "query_value"] = "uncertainty"
+    # auto: query_value when the data has that column, else info_gain when it has answers, else uncertainty.
+    reward: Literal["auto", "uncertainty", "query_value", "info_gain"] = "auto"
+    info_gain: Literal["variance", "logprob"] = "variance"
     samples: int = Field(4, ge=1, le=64)
     baseline: Literal["loo", "batch_mean", "none"] = "loo"
     train_encoder: bool = False
     # An hour is askable when its asked-feature cell is empty and every feature listed here is 0.
     unaskable_when: list[str] = Field(default_factory=lambda: list(DEFAULT_UNASKABLE_WHEN))
+    random_reveal: float = Field(0.5, ge=0.0, le=1.0)
+    gain_windows: int = Field(512, ge=0)
 
     @model_validator(mode="after")
     def _loo_needs_two_samples(self) -> PolicyConfig:

@@ -56,14 +56,32 @@ SPLIT_VAL = "val"
 INDEX_COLUMNS = ("time", "epoch", "iteration", "split")
 LOSS_COLUMNS = ("loss", "loss_post", "loss_policy", "loss_bce")
 TRAIN_ONLY_COLUMNS = ("grad_norm", "lr")
-VAL_ONLY_COLUMNS = ("auc", "brier", "ece", "pr_auc", "post_mse", "sigma_mae", "policy_value")
+VAL_ONLY_COLUMNS = (
+    "auc",
+    "brier",
+    "ece",
+    "pr_auc",
+    "post_mse",
+    "sigma_mae",
+    "policy_value",  # share of the oracle's query value that the policy's top-k pool hours hold
+    "ask_outside_pool",  # share of the policy's asks outside the question pool (must be 0)
+    "brier_asked",  # Brier of p_next after the policy's top-k answers are revealed
+    "auc_asked",  # ROC AUC of the same
+    "gain_spearman",  # median within-window Spearman: model's one-answer variance cut vs query_value
+)
 TRAIN_METRICS = LOSS_COLUMNS + TRAIN_ONLY_COLUMNS
 VAL_METRICS = LOSS_COLUMNS + VAL_ONLY_COLUMNS
 METRIC_COLUMNS = LOSS_COLUMNS + TRAIN_ONLY_COLUMNS + VAL_ONLY_COLUMNS
 METRICS_HEADER = INDEX_COLUMNS + METRIC_COLUMNS
 
 # Which direction is better, for best-checkpoint selection and early stopping.
-HIGHER_IS_BETTER = {"auc": True, "pr_auc": True, "policy_value": True}
+HIGHER_IS_BETTER = {
+    "auc": True,
+    "pr_auc": True,
+    "policy_value": True,
+    "auc_asked": True,
+    "gain_spearman": True,
+}
 for _name in VAL_METRICS:
     HIGHER_IS_BETTER.setdefault(_name, False)
 

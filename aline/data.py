@@ -79,6 +79,9 @@ class RawSplit:
     # like the ones above (a per-hour [N, 24] array through ``hourly``), and reach the model through
     # WindowDataset's ``optional`` table.
     subject_id: np.ndarray | None = None  # [N] object (str), as written
+    # The closed loop (data.columns.answers): the answer to the asked feature if asked at each hour.
+    answers: np.ndarray | None = None  # [N, 24] float32, NaN where it cannot be asked
+    asked_feature: str | None = None  # the feature those answers fill
 
     def __len__(self) -> int:
         return int(self.window_id.shape[0])
@@ -164,6 +167,7 @@ class _Plan:
     query_value: str | None = None
     p_bayes: str | None = None
     p_true: str | None = None
+    answer: str | None = None  # the answer column of the closed loop (data.columns.answers)
 
     def text_columns(self) -> list[str]:
         """Columns read as text, exactly as written (ids)."""
@@ -173,7 +177,7 @@ class _Plan:
         out = [self.window_id, self.hour, *self.features]
         for group in (self.latents, self.sigma, self.post_mean):
             out += group or []
-        singles = (self.label, self.query_value, self.p_bayes, self.p_true, self.subject_id)
+        singles = (self.label, self.query_value, self.p_bayes, self.p_true, self.subject_id, self.answer)
         out += [c for c in singles if c is not None]
         return out
 
@@ -187,6 +191,7 @@ _OPTIONAL_ROLES = (
     ("query_value", "data.columns.query_value", "query value"),
     ("p_bayes", "data.columns.p_bayes", "p_bayes"),
     ("p_true", "data.columns.p_true", "p_true"),
+    ("answers", "data.columns.answers", "answer"),
 )
 
 
@@ -197,6 +202,8 @@ def _role_columns(columns: ColumnsConfig, role: str) -> list[str] | None:
         return columns.sigma_columns()
     if role == "post_mean":
         return columns.post_mean_columns()
+    if role == "answers":
+        return list((columns.answers or {}).values()) or None
     name = getattr(columns, role)
     return None if name is None else [name]
 
@@ -264,6 +271,7 @@ def _plan(path: Path, header: list[str], columns: ColumnsConfig, require_targets
         query_value=single("query_value"),
         p_bayes=single("p_bayes"),
         p_true=single("p_true"),
+        answer=single("answers"),
     )
     used = plan.columns()
     twice = sorted({c for c in used if header.count(c) > 1})
@@ -605,6 +613,7 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
     query_value = None if blank(qv) else hourly([qv], allow_missing=False).reshape(n, HOURS)
     p_bayes = None if blank(plan.p_bayes) else per_window(plan.p_bayes, lo=0.0, hi=1.0)
     p_true = None if blank(plan.p_true) else per_window(plan.p_true, lo=0.0, hi=1.0)
+    answers = None if blank(plan.answer) else hourly([plan.answer], allow_missing=True).reshape(n, HOURS)
     return RawSplit(
         path=path,
         window_id=wid_sorted,
@@ -618,10 +627,12 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
         p_bayes=p_bayes,
         p_true=p_true,
         subject_id=subjects(plan.subject_id),
+        answers=answers,
+        asked_feature=None if answers is None else columns.asked_feature,
     )
 
 
-_OPTIONAL = ("z", "sigma", "post_mean", "query_value", "p_bayes", "p_true", "subject_id")
+_OPTIONAL = ("z", "sigma", "post_mean", "query_value", "p_bayes", "p_true", "subject_id", "answers")
 _OPTIONAL_NAMES = {"z": "latents", "sigma": "posterior std", "post_mean": "posterior mean"}
 # How many shared ids a split-overlap message quotes.
 _SHOWN_IDS = 5
@@ -831,15 +842,16 @@ class WindowDataset(torch.utils.data.Dataset):
     """All windows of one split; items and batches are dicts of tensors.
 
     Keys: ``index`` (dataset row), ``x`` and ``mask`` [.., 24, F], and when the split has them ``z``
-    [.., 24, Z], ``y``, ``sigma`` [.., 24, Z], ``query_value`` [.., 24]. Use ``collate_fn=keep_batch``
-    in a DataLoader: it then fetches whole batches through ``__getitems__``.
+    [.., 24, Z], ``y``, ``sigma`` [.., 24, Z], ``query_value`` [.., 24]; with ``pool`` given, ``pool``
+    [.., 24] (1 = askable) and ``answer`` [.., 24] (the normalised answer, 0 where there is none). Use
+    ``collate_fn=keep_batch`` in a DataLoader: it then fetches whole batches through ``__getitems__``.
 
     The split's arrays are indexed as they are, never copied: they may be read-only memory maps shared by
     every rank (aline.shared_arrays). Features are normalised per batch, with the same float32 arithmetic
     as :meth:`Normalizer.transform` on the whole array, so the values are identical either way.
     """
 
-    def __init__(self, raw: RawSplit, normalizer: Normalizer) -> None:
+    def __init__(self, raw: RawSplit, normalizer: Normalizer, pool: np.ndarray | None = None) -> None:
         normalizer.check_features(raw.feature_names, where=str(raw.path))
         self.window_id = raw.window_id  # [N] ids as written, for writing predictions back per window
         self._normalizer = normalizer
@@ -849,6 +861,14 @@ class WindowDataset(torch.utils.data.Dataset):
         for key, value in optional.items():
             if value is not None:
                 self._arrays[key] = value if value.dtype == np.float32 else value.astype(np.float32)
+        if pool is not None:
+            self._arrays["pool"] = np.ascontiguousarray(pool, dtype=np.float32)  # [N, 24]
+            answer = np.zeros(pool.shape, dtype=np.float32)  # [N, 24]
+            if raw.answers is not None:
+                j = normalizer.feature_names.index(raw.asked_feature)
+                scaled = (raw.answers - normalizer.mean[j]) / normalizer.std[j]
+                answer = np.where(np.isnan(raw.answers), 0.0, scaled).astype(np.float32)
+            self._arrays["answer"] = answer
 
     def __len__(self) -> int:
         return int(self._features.shape[0])

@@ -17,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from aline.config import Config
 from aline.data import keep_batch
-from aline.losses import composite_loss, select_topk_hours
+from aline.loop import LoopSpec, loop_eval, loop_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -50,15 +50,15 @@ def setup_trainer(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
 ) -> Engine:
-    """Trainer engine: one optimisation step of L_post + α·L_policy + β·L_bce per batch."""
+    """Trainer engine: one optimisation step of the closed loop (:func:`aline.loop.loop_loss`) per batch."""
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
     params = [p for p in model.parameters() if p.requires_grad]
+    spec = LoopSpec.from_config(cfg)
 
     def step(engine: Engine, batch: Batch) -> dict[str, float]:
         model.train()
         batch = _to(batch, device)
-        out = model(batch["x"], batch["mask"])
-        parts = composite_loss(out, batch, cfg.loss, cfg.policy)
+        parts = loop_loss(model, batch, cfg, spec)
         optimizer.zero_grad(set_to_none=True)
         parts.total.mean().backward()
         # The norm before clipping is what tells a user whether clipping is active.
@@ -81,16 +81,16 @@ def setup_trainer(
 
 
 def setup_evaluator(cfg: Config, model: torch.nn.Module, device: torch.device) -> Engine:
-    """Evaluator engine: per-window outputs (see ``aline.metrics``) from one no-grad forward pass."""
-    k = cfg.policy.k
+    """Evaluator engine: per-window outputs (see ``aline.metrics``): the losses of the training loop, the
+    forecast as logged, and the loop's figures (policy's asks, forecast after their answers, gains)."""
+    spec = LoopSpec.from_config(cfg)
 
     @torch.no_grad()
     def step(engine: Engine, batch: Batch) -> dict[str, torch.Tensor]:
         model.eval()
         batch = _to(batch, device)
-        out = model(batch["x"], batch["mask"])
-        parts = composite_loss(out, batch, cfg.loss, cfg.policy)
-        topk = select_topk_hours(out.scores, k)  # [B, k]
+        parts = loop_loss(model, batch, cfg, spec)
+        out = unwrap(model)(batch["x"], batch["mask"])
         result: dict[str, torch.Tensor] = {
             "index": batch["index"],
             "p": out.p_next,
@@ -99,19 +99,13 @@ def setup_evaluator(cfg: Config, model: torch.nn.Module, device: torch.device) -
             "loss_post": parts.post,
             "loss_policy": parts.policy,
             "loss_bce": parts.bce,
-            "topk": topk,
         }
         nan = torch.full_like(out.p_next, float("nan"))
         z = batch.get("z")  # absent when training on labels alone
         result["post_sq_err"] = nan if z is None else (out.mu_z - z).pow(2).mean(dim=(1, 2))
         sigma = batch.get("sigma")
         result["sigma_abs_err"] = nan if sigma is None else (out.sigma_z - sigma).abs().mean(dim=(1, 2))
-        qv = batch.get("query_value")  # [B, T]
-        if qv is None:
-            result["policy_qv"] = result["best_qv"] = nan
-        else:
-            result["policy_qv"] = qv.gather(1, topk).sum(1)
-            result["best_qv"] = qv.topk(k, dim=1).values.sum(1)
+        result.update(loop_eval(model, batch, cfg, spec))
         return {name: t.detach().cpu() for name, t in result.items()}
 
     evaluator = Engine(step)

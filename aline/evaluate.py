@@ -30,6 +30,8 @@ from aline.scoring import best_fixed_hours, oracle_value
 FIXED_SCHEDULE = (8, 12, 20)  # the "ask at breakfast, lunch and dinner" schedule a clinic might use
 COVERAGE_LEVEL = 0.90
 POLICY_NAMES = ("trained", "random", "fixed_schedule", "best_fixed", "uncertainty", "oracle")
+ASKING_NAMES = ("none", *POLICY_NAMES)
+RANDOM_SEED = 0  # the random strategy's one concrete draw (its forecasts need actual answers)
 
 __all__ = [
     "FIXED_SCHEDULE",
@@ -52,19 +54,27 @@ __all__ = [
 
 
 def chosen_value(query_value: np.ndarray, hours: np.ndarray) -> np.ndarray:
-    """Query value of the chosen hours: ``hours`` [N, k] per window, or [k] for every window. ``-> [N]``"""
+    """Query value of the chosen hours: ``hours`` [N, k] per window, [k] for every window, or an asked
+    mask [N, 24] bool. ``-> [N]``"""
+    if np.asarray(hours).dtype == bool:
+        return (query_value * hours).sum(axis=1)
     hours = np.asarray(hours, dtype=np.int64)
     if hours.ndim == 1:
         return query_value[:, hours].sum(axis=1)
     return np.take_along_axis(query_value, hours, axis=1).sum(axis=1)
 
 
-def random_value(query_value: np.ndarray, k: int) -> np.ndarray:
-    """Expected query value of k distinct hours drawn uniformly at random: k × the window's mean hour.
+def random_value(query_value: np.ndarray, k: int, pool: np.ndarray | None = None) -> np.ndarray:
+    """Expected query value of k distinct hours drawn uniformly at random: k × the window's mean hour;
+    with ``pool`` [N, 24], of min(k, pool size) pool hours: that share of the pool's total.
 
     Exact by linearity of expectation (each hour is in the draw with probability k/24), so the random
     baseline carries no sampling noise and needs no seed. ``[N, 24] -> [N]``
     """
+    if pool is not None:
+        size = pool.sum(axis=1)
+        total = (query_value * pool).sum(axis=1)
+        return np.where(size > 0, np.minimum(k, size) * total / np.maximum(size, 1), 0.0)
     return k * query_value.mean(axis=1)
 
 
@@ -76,6 +86,7 @@ def policy_shares(
     uncertainty: np.ndarray,
     best_fixed: np.ndarray,
     fixed_schedule: tuple[int, ...] = FIXED_SCHEDULE,
+    pool: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Each policy's total query value over the windows as a share of the oracle's (NaN if that is 0).
 
@@ -86,7 +97,7 @@ def policy_shares(
     best = float(oracle_value(qv, k).sum())
     values = {
         "trained": chosen_value(qv, trained),
-        "random": random_value(qv, k),
+        "random": random_value(qv, k, pool),
         "fixed_schedule": chosen_value(qv, np.asarray(fixed_schedule)),
         "best_fixed": chosen_value(qv, best_fixed),
         "uncertainty": chosen_value(qv, uncertainty),
@@ -153,6 +164,154 @@ def fit_logreg(train: RawSplit, c: float = LOGREG_C) -> tuple[_Design, Any]:
 def predict_logreg(fitted: tuple[_Design, Any], features: np.ndarray) -> np.ndarray:
     design, model = fitted
     return model.predict_proba(_design_matrix(design, features))[:, 1]  # [N]
+
+
+# --- asking: every strategy's answers revealed, model and exact Bayes ----------------------------------
+
+
+def hours_mask(hours: np.ndarray, n: int) -> np.ndarray:
+    """Hours ``[k]`` (same for every window) or ``[N, k]`` (-1 = none) -> asked mask ``[N, 24]`` bool."""
+    hours = np.asarray(hours, dtype=np.int64)
+    mask = np.zeros((n, contract.HOURS), dtype=bool)
+    if hours.ndim == 1:
+        mask[:, hours] = True
+        return mask
+    rows = np.repeat(np.arange(n), hours.shape[1])
+    keep = hours.ravel() >= 0
+    mask[rows[keep], hours.ravel()[keep]] = True
+    return mask
+
+
+def top_in_pool(values: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
+    """The k highest ``values`` among each window's pool hours (fewer if the pool is smaller). ``[N, 24]``"""
+    masked = np.where(pool, values, -np.inf)
+    order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    mask = hours_mask(order, len(values))
+    return mask & pool
+
+
+def random_in_pool(pool: np.ndarray, k: int, seed: int = RANDOM_SEED) -> np.ndarray:
+    """k pool hours per window drawn uniformly at random (one seeded draw). ``[N, 24]``"""
+    return top_in_pool(np.random.default_rng(seed).random(pool.shape), pool, k)
+
+
+def _load_exact(raw: RawSplit, meta_path: Path) -> Any:
+    """The simulator's exact posterior for this split (``aline.exact``), or None where unavailable."""
+    try:
+        from aline.exact import load_exact_split
+    except ImportError:
+        return None
+    if not meta_path.is_file() or raw.answers is None:
+        return None
+    import json
+
+    asking = json.loads(meta_path.read_text(encoding="utf-8")).get("asking") or {}
+    if asking.get("feature") != raw.asked_feature:
+        return None  # a meta file from another simulator version, or another question than the run's
+    try:
+        exact = load_exact_split(raw.path, meta_path)
+    except (ValueError, KeyError) as err:
+        raise DataError(f"{meta_path}: cannot build the exact posterior for {raw.path} ({err})") from None
+    # The simulator's ids are integers; the loader keeps ids as the text written in the file.
+    if not np.array_equal(np.asarray(exact.window_id).astype(str), raw.window_id.astype(str)):
+        raise DataError(f"{raw.path}: the exact posterior's windows do not match the split's windows")
+    return exact
+
+
+def asking_report(
+    predictor: Predictor,
+    raw: RawSplit,
+    pred: Prediction,
+    train: RawSplit,
+    uncertainty: np.ndarray,
+    *,
+    meta_path: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """For each strategy in ``ASKING_NAMES``: its share of the oracle's query value, its share of asks
+    outside the pool, and the forecast after its answers are revealed (model and exact Bayes)."""
+    k = predictor.k
+    n = len(raw)
+    pool = pred.pool if pred.pool is not None else predictor.pool(raw)  # [N, 24]
+    y = raw.y.astype(np.float64)
+    qv = None if raw.query_value is None else raw.query_value.astype(np.float64) * pool
+    exact = _load_exact(raw, meta_path)
+    best_fixed = None if train.query_value is None else best_fixed_hours(train.query_value, k)
+    if qv is not None:
+        oracle = top_in_pool(qv, pool, k) if exact is None else np.asarray(exact.greedy_oracle(k), bool)
+    else:
+        oracle = None
+    asks: dict[str, np.ndarray | None] = {
+        "none": np.zeros((n, contract.HOURS), dtype=bool),
+        "trained": pred.asked,
+        "random": random_in_pool(pool, k),
+        "fixed_schedule": hours_mask(np.asarray(FIXED_SCHEDULE), n),
+        "best_fixed": None if best_fixed is None else hours_mask(best_fixed, n),
+        "uncertainty": top_in_pool(np.asarray(uncertainty, dtype=np.float64), pool, k),
+        "oracle": oracle,
+    }
+    best = None if qv is None else float(oracle_value(qv, k).sum())
+    out: dict[str, Any] = {}
+    for name, asked in asks.items():
+        entry: dict[str, Any] = dict.fromkeys(
+            ("query_value_share", "outside_pool", "brier_model", "auc_model", "brier_bayes", "auc_bayes")
+        )
+        if asked is None:
+            out[name] = entry
+            continue
+        answered = asked & pool  # an ask outside the pool gets no answer
+        n_asked = int(asked.sum())
+        entry["outside_pool"] = float((asked & ~pool).sum()) / n_asked if n_asked else 0.0
+        if qv is not None and best and best > 0:
+            entry["query_value_share"] = float((qv * answered).sum()) / best
+        if name == "none":
+            p_model = pred.p_next
+        elif raw.answers is not None:
+            p_model = predictor.forecast_after(raw, answered)
+        else:
+            p_model = None
+        if p_model is not None:
+            entry["brier_model"], entry["auc_model"] = scoring.brier(p_model, y), scoring.auc(p_model, y)
+        if exact is not None:
+            p_bayes = np.asarray(exact.posterior(None if name == "none" else answered).p_bayes, np.float64)
+            entry["brier_bayes"], entry["auc_bayes"] = scoring.brier(p_bayes, y), scoring.auc(p_bayes, y)
+            if qv is not None:
+                entry["exact_cut"] = float(np.mean(exact.set_value(answered)))
+        out[name] = entry
+    detail: dict[str, Any] = {
+        "k": k,
+        "pool_hours_per_window": float(pool.sum(axis=1).mean()),
+        "random": f"one draw of k pool hours per window (seed {RANDOM_SEED})",
+        "oracle": "greedy on the exact variance cut (aline.exact)"
+        if exact is not None
+        else "top-k query_value of the pool",
+        "exact_cut": "mean over windows of the exact cut in Var(w*.Z_23) by the strategy's answers",
+        "gain_spearman": None,
+    }
+    if raw.answers is not None and qv is not None:
+        from aline.asking import within_window_spearman
+
+        # The first policy.gain_windows windows, as in validation (24 forward passes per window).
+        m = min(n, predictor.cfg.policy.gain_windows)
+        sub = raw if m == n else _first_windows(raw, m)
+        gains = predictor.one_answer_gains(sub, pool[:m])
+        rho = within_window_spearman(gains, qv[:m], pool[:m])
+        finite = rho[np.isfinite(rho)]
+        detail["gain_spearman"] = float(np.median(finite)) if finite.size else None
+        detail["gain_spearman_windows"] = int(finite.size)
+        detail["model_gain_mean"] = float(gains[pool[:m]].mean()) if pool[:m].any() else None
+    return out, detail
+
+
+def _first_windows(raw: RawSplit, m: int) -> RawSplit:
+    """The first ``m`` windows of a split (every per-window array cut along axis 0)."""
+    import dataclasses
+
+    cut = {
+        f.name: getattr(raw, f.name)[:m]
+        for f in dataclasses.fields(raw)
+        if isinstance(getattr(raw, f.name), np.ndarray)
+    }
+    return dataclasses.replace(raw, **cut)
 
 
 # --- evaluation ------------------------------------------------------------------------------------------
@@ -264,16 +423,19 @@ def evaluate(
     p_logreg = predict_logreg(fitted, raw.features)
     report["logreg"] = {**scoring.binary_scores(p_logreg, y), "C": LOGREG_C}
 
-    uncertainty_hours = np.sort(np.argsort(-pred.uncertainty, axis=1, kind="stable")[:, :k], axis=1)  # [N, k]
+    # Uncertainty sampling asks its top-k hours among the askable ones, like every other strategy.
+    unc_pool = top_in_pool(pred.uncertainty.astype(np.float64), pred.pool, k)  # [N, 24]
+    uncertainty_hours = np.sort(np.where(unc_pool, np.arange(contract.HOURS), contract.HOURS), axis=1)[:, :k]
+    uncertainty_hours = np.where(uncertainty_hours < contract.HOURS, uncertainty_hours, -1)  # [N, k]
     policy: dict[str, Any] = dict.fromkeys(POLICY_NAMES)
     detail: dict[str, Any] = {
         "k": k,
         "measure": "sum of query_value over the chosen hours and all windows / the same for each "
         "window's best k hours",
-        "random": "expected value of k distinct hours drawn uniformly (k x mean hour), exact, no seed",
+        "random": "expected value of k distinct pool hours drawn uniformly, exact, no seed",
         "fixed_schedule_hours": list(FIXED_SCHEDULE),
         "best_fixed_hours": None,
-        "trained_topk_frequency": np.bincount(pred.topk_hours.ravel(), minlength=contract.HOURS).tolist(),
+        "trained_topk_frequency": pred.asked.sum(axis=0).astype(np.int64).tolist(),
     }
     qv_trained = qv_oracle = None
     if raw.query_value is not None and train.query_value is not None:
@@ -283,16 +445,25 @@ def evaluate(
             policy_shares(
                 raw.query_value,
                 k,
-                trained=pred.topk_hours,
-                uncertainty=uncertainty_hours,
+                trained=pred.asked,
+                uncertainty=unc_pool,
                 best_fixed=best_fixed,
+                pool=pred.pool,
             )
         )
         qv = raw.query_value.astype(np.float64)
-        qv_trained, qv_oracle = chosen_value(qv, pred.topk_hours), oracle_value(qv, k)
+        qv_trained, qv_oracle = chosen_value(qv, pred.asked), oracle_value(qv, k)
         detail["oracle_value_per_window"] = float(qv_oracle.mean())
     report["policy"] = policy
     report["policy_detail"] = detail
+    report["asking"], report["asking_detail"] = asking_report(
+        predictor,
+        raw,
+        pred,
+        train,
+        pred.uncertainty,
+        meta_path=predictor.cfg.data.model_copy(update={"dir": str(path.parent)}).meta_path,
+    )
 
     ratios: dict[str, Any] = {}
     if oracle["auc"]:
@@ -314,7 +485,7 @@ def evaluate(
 
 
 def _hours_text(hours: np.ndarray) -> list[str]:
-    return [" ".join(str(int(h)) for h in row) for row in hours]
+    return [" ".join(str(int(h)) for h in row if h >= 0) for row in hours]
 
 
 def _write_predictions(
@@ -464,6 +635,19 @@ def format_summary(report: dict[str, Any]) -> str:
     }
     for name in POLICY_NAMES:
         lines.append(f"  {name:<16}{_num(report['policy'][name])}  {notes.get(name, '')}".rstrip())
+    asking = report.get("asking")
+    if asking:
+        cols = ("query_value_share", "outside_pool", "brier_model", "brier_bayes", "auc_model", "auc_bayes")
+        heads = ("qv share", "outside", "brier", "brier*", "auc", "auc*")
+        lines += [
+            "",
+            "asking: forecasts after each strategy's answers (* = exact Bayes with the same answers)",
+            f"  {'strategy':<16}" + "".join(f"{h:>9}" for h in heads),
+        ]
+        for name, entry in asking.items():
+            lines.append(f"  {name:<16}" + "".join(_num(entry.get(c)) for c in cols))
+        rho = (report.get("asking_detail") or {}).get("gain_spearman")
+        lines.append(f"  one-answer gain Spearman (model vs exact, median over windows): {_num(rho).strip()}")
     return "\n".join(lines)
 
 

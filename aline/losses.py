@@ -77,6 +77,18 @@ def gaussian_nll(mu_z: Tensor, sigma_z: Tensor, z: Tensor) -> Tensor:
     return nll.flatten(1).mean(1)
 
 
+def sigma_nll(mu_z: Tensor, sigma_z: Tensor, z: Tensor) -> Tensor:
+    """Gaussian NLL of the truth under ``N(mu_z, sigma_z)`` as a loss on sigma alone (mean detached), per
+    window ``[B]``, up to the constant ``log sqrt(2 pi)``.
+
+    It needs no sigma target: its minimiser is ``sigma^2 = E[(z - mu)^2 | input]``, the calibrated spread.
+    The answer pass uses it because the CSV's posterior std is exact only for the day as logged. The mean
+    is detached so that it keeps learning from the MSE alone (the NLL would trade its accuracy for sigma).
+    """
+    err = (z - mu_z.detach()).square()  # [B, T, Z]
+    return (sigma_z.log() + err / (2.0 * sigma_z.square())).flatten(1).mean(1)
+
+
 def bce_loss(logit_next: Tensor, y: Tensor) -> Tensor:
     """Next-day binary cross-entropy per window, from logits (no log(0) for confident forecasts)."""
     return F.binary_cross_entropy_with_logits(logit_next, y.to(logit_next.dtype), reduction="none")
@@ -174,6 +186,49 @@ def policy_loss(
     return -(advantage * log_prob).mean(0)
 
 
+def set_policy_loss(log_prob: Tensor, set_reward: Tensor, baseline: Baseline = "loo") -> Tensor:
+    """Score-function loss from ``S`` drawn question sets per window, ``[B]``.
+
+    ``log_prob`` [S, B] (with gradient) and ``set_reward`` [S, B] (detached here): the same estimator as
+    :func:`policy_loss`, for rewards that belong to a whole set (the model's gain after its answers).
+    """
+    samples = log_prob.shape[0]
+    set_reward = set_reward.detach()
+    if baseline == "loo":
+        if samples < 2:
+            raise ValueError("set_policy_loss: baseline 'loo' needs samples >= 2 (policy.samples)")
+        base = (set_reward.sum(0, keepdim=True) - set_reward) / (samples - 1)
+    elif baseline == "batch_mean":
+        n = set_reward.numel()
+        base = (set_reward.sum() - set_reward) / max(n - 1, 1)
+    elif baseline == "none":
+        base = torch.zeros_like(set_reward)
+    else:
+        raise ValueError(f"set_policy_loss: unknown baseline {baseline!r}; choose loo, batch_mean or none")
+    return -((set_reward - base) * log_prob).mean(0)
+
+
+def info_gain_reward(
+    m0: Tensor, v0: Tensor, m1: Tensor, v1: Tensor, truth: Tensor, form: Literal["variance", "logprob"]
+) -> Tensor:
+    """ALINE's reward for one question set: the model's own gain on the forecast-relevant quantity, detached.
+
+    ``m, v`` are the model's mean and variance of ``w . z_23`` before (0) and after (1) the answers; shapes
+    broadcast (``[S, B]`` against ``[B]``). ``logprob``: ``log q1(truth) - log q0(truth)`` (paper Eq. 10);
+    ``variance``: its expectation over the truth under Gaussian q, ``0.5 log(v0 / v1)`` (no truth needed,
+    no sampling noise from it).
+    """
+    if form == "variance":
+        return (0.5 * (v0.log() - v1.log())).detach()
+    if form == "logprob":
+
+        def log_q(m: Tensor, v: Tensor) -> Tensor:
+            return -0.5 * (v.log() + (truth - m).square() / v)
+
+        return (log_q(m1, v1) - log_q(m0, v0)).detach()
+    raise ValueError(f"info_gain_reward: unknown form {form!r}; choose variance or logprob")
+
+
 def select_topk_hours(scores: Tensor, k: int) -> Tensor:
     """The k highest-scoring hours of each window, sorted ascending, ``[B, k]``: the policy at evaluation."""
     _check_k(scores, k)
@@ -233,17 +288,22 @@ def resolve_posterior(loss_cfg: LossConfig, has_latents: bool, has_sigma: bool) 
 def posterior_part(out: AlineOutput, batch: dict[str, Tensor], loss_cfg: LossConfig) -> Tensor:
     """L_post per window ``[B]`` under ``loss.posterior``; ``auto`` is resolved from the batch's keys as
     :func:`resolve_posterior` does from the data's columns."""
+    return posterior_of(out.mu_z, out.sigma_z, batch, loss_cfg)
+
+
+def posterior_of(mu_z: Tensor, sigma_z: Tensor, batch: dict[str, Tensor], loss_cfg: LossConfig) -> Tensor:
+    """:func:`posterior_part` for one pass's ``mu_z``, ``sigma_z`` ``[B, T, Z]`` (the loop has two)."""
     choice = resolve_posterior(loss_cfg, "z" in batch, "sigma" in batch)
     if choice == "none":
-        return out.mu_z.new_zeros(out.mu_z.shape[0])
+        return mu_z.new_zeros(mu_z.shape[0])
     z = _require(batch, "z", f"loss.posterior={choice}")
     if choice == "nll":
-        return gaussian_nll(out.mu_z, out.sigma_z, z)
+        return gaussian_nll(mu_z, sigma_z, z)
     if loss_cfg.sigma_target == "posterior":
         sigma_target: Tensor | float = _require(batch, "sigma", "loss.sigma_target=posterior")
     else:
         sigma_target = loss_cfg.sigma_constant
-    return posterior_loss(out.mu_z, out.sigma_z, z, sigma_target, loss_cfg.lam)
+    return posterior_loss(mu_z, sigma_z, z, sigma_target, loss_cfg.lam)
 
 
 def _require(batch: dict[str, Tensor], key: str, why: str) -> Tensor:

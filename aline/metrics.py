@@ -13,7 +13,9 @@ the best hours hold no query value at all.
 
 The evaluator's output contract (one row per window, B rows per batch, detached tensors):
 ``index`` [B] int, ``p`` [B], ``y`` [B] in {0, 1}, ``loss``/``loss_post``/``loss_policy``/``loss_bce`` [B],
-``post_sq_err`` [B], ``sigma_abs_err`` [B], ``policy_qv`` [B], ``best_qv`` [B], ``topk`` [B, k] int.
+``post_sq_err`` [B], ``sigma_abs_err`` [B], ``policy_qv`` [B], ``best_qv`` [B], and from the closed loop
+(:func:`aline.loop.loop_eval`) ``asked`` [B, 24] and ``pool`` [B, 24] (0/1), ``p_asked`` [B] (p_next after
+the policy's answers; NaN without answers) and ``gain_rho`` [B] (NaN for windows where it was not computed).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ __all__ = [
     "Brier",
     "CalibrationTable",
     "PolicyValue",
+    "AskOutsidePool",
+    "AskedForecast",
+    "GainSpearman",
     "TopkFrequency",
     "WindowMean",
     "WindowMetric",
@@ -294,9 +299,55 @@ class PolicyValue(WindowMetric):
         return got / best
 
 
+class AskOutsidePool(WindowMetric):
+    """Share of the policy's asks that fall outside the question pool (0 when it asked nothing)."""
+
+    def __init__(
+        self, hours: int = contract.HOURS, output_transform: Transform = _identity, device: Device = "cpu"
+    ) -> None:
+        super().__init__({"asked": hours, "pool": hours}, output_transform=output_transform, device=device)
+
+    def compute_from(self, columns: dict[str, np.ndarray]) -> float:
+        asked = columns["asked"] > 0.5  # [N, hours]
+        outside = asked & ~(columns["pool"] > 0.5)
+        n = int(asked.sum())
+        return float(outside.sum()) / n if n else 0.0
+
+
+class AskedForecast(WindowMetric):
+    """AUC or Brier of ``p_asked`` (the forecast after the policy's answers) against ``y``; NaN when the
+    data has no answers (every ``p_asked`` NaN)."""
+
+    def __init__(self, rule: str, output_transform: Transform = _identity, device: Device = "cpu") -> None:
+        if rule not in ("auc", "brier"):
+            raise ValueError(f"AskedForecast: rule must be 'auc' or 'brier', got {rule!r}")
+        self.rule = rule
+        super().__init__({"p_asked": None, "y": None}, output_transform=output_transform, device=device)
+
+    def compute_from(self, columns: dict[str, np.ndarray]) -> float:
+        p, y = columns["p_asked"], columns["y"]
+        if np.isnan(p).all():
+            return float("nan")
+        if not np.isfinite(p).all():
+            raise ValueError("AskedForecast: 'p_asked' is NaN for some windows only")
+        return scoring.auc(p, y) if self.rule == "auc" else scoring.brier(p, y)
+
+
+class GainSpearman(WindowMetric):
+    """Median over windows of ``gain_rho`` (windows where it is NaN are left out; NaN if all are)."""
+
+    def __init__(self, output_transform: Transform = _identity, device: Device = "cpu") -> None:
+        super().__init__({"gain_rho": None}, output_transform=output_transform, device=device)
+
+    def compute_from(self, columns: dict[str, np.ndarray]) -> float:
+        rho = columns["gain_rho"]
+        rho = rho[np.isfinite(rho)]
+        return float(np.median(rho)) if rho.size else float("nan")
+
+
 class TopkFrequency(WindowMetric):
-    """Share of windows whose top-k holds each hour: a float64 array [hours]. Its entries sum to k when
-    every window's k hours are distinct."""
+    """Share of windows whose policy asks about each hour (from the ``asked`` [B, hours] mask): a float64
+    array [hours]. Its entries sum to k when every window's pool holds at least k hours."""
 
     def __init__(
         self,
@@ -309,19 +360,13 @@ class TopkFrequency(WindowMetric):
             raise ValueError(f"TopkFrequency: k must be in [1, {hours}], got {k}")
         self.k = int(k)
         self.hours = int(hours)
-        super().__init__({"topk": self.k}, output_transform=output_transform, device=device)
+        super().__init__({"asked": self.hours}, output_transform=output_transform, device=device)
 
     def compute_from(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        topk = columns["topk"]  # [N, k] float64 holding hours
-        valid = np.isfinite(topk) & (topk == np.round(topk)) & (topk >= 0) & (topk < self.hours)
-        if not valid.all():
-            bad = topk[~valid][0]
-            raise ValueError(
-                f"TopkFrequency: 'topk' must hold integer hours in [0, {self.hours}); got {bad!r}"
-            )
-        held = np.zeros((topk.shape[0], self.hours), dtype=bool)  # [N, hours]
-        held[np.arange(topk.shape[0])[:, None], topk.astype(np.int64)] = True
-        return held.mean(axis=0)  # [hours]
+        asked = columns["asked"]  # [N, hours] 0/1
+        if not np.isin(asked, (0.0, 1.0)).all():
+            raise ValueError("TopkFrequency: 'asked' must be a 0/1 mask over the hours")
+        return asked.mean(axis=0)  # [hours]
 
 
 def validation_metrics(k: int, bins: int = scoring.ECE_BINS) -> dict[str, Metric]:
@@ -333,6 +378,10 @@ def validation_metrics(k: int, bins: int = scoring.ECE_BINS) -> dict[str, Metric
         brier=Brier(),
         ece=ECE(bins),
         policy_value=PolicyValue(),
+        ask_outside_pool=AskOutsidePool(),
+        brier_asked=AskedForecast("brier"),
+        auc_asked=AskedForecast("auc"),
+        gain_spearman=GainSpearman(),
     )
     metrics[CALIBRATION_METRIC] = CalibrationTable(bins)
     metrics[TOPK_METRIC] = TopkFrequency(k)

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from aline import contract
+from aline.asking import forecast_moments, one_answer_gains, pool_mask, pool_topk, reveal
 from aline.config import Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, Normalizer, RawSplit, read_split
-from aline.losses import select_topk_hours, uncertainty_reward
+from aline.losses import uncertainty_reward
 from aline.model import AlineModel, build_model
 
 if TYPE_CHECKING:
@@ -180,11 +181,13 @@ class Prediction:
     mu_z: np.ndarray  # [N, 24, Z] float32, latent units
     sigma_z: np.ndarray  # [N, 24, Z] float32
     scores: np.ndarray  # [N, 24] float32 policy scores
-    topk_hours: np.ndarray  # [N, k] int64, ascending
+    topk_hours: np.ndarray  # [N, k] int64, ascending; -1 pads windows whose pool has fewer than k hours
     uncertainty: np.ndarray  # [N, 24] float32
     latent_names: tuple[str, ...]
     # False for a run trained on labels alone: mu_z/sigma_z are then no posterior of anything measurable.
     has_posterior: bool = True
+    pool: np.ndarray | None = None  # [N, 24] bool: the hours that can be asked about
+    asked: np.ndarray | None = None  # [N, 24] bool: the policy's proposal (top-k pool hours)
 
     def __len__(self) -> int:
         return int(self.window_id.shape[0])
@@ -193,7 +196,7 @@ class Prediction:
         """One row per window: ``window_id, p_next, topk_hours`` (hours space-separated, ascending)."""
         import pandas as pd
 
-        hours = [" ".join(str(int(h)) for h in row) for row in self.topk_hours]
+        hours = [" ".join(str(int(h)) for h in row if h >= 0) for row in self.topk_hours]
         return pd.DataFrame({"window_id": self.window_id, "p_next": self.p_next, "topk_hours": hours})
 
     def hourly_frame(self) -> pd.DataFrame:
@@ -269,26 +272,87 @@ class Predictor:
 
         ``data`` needs the window id, hour and feature columns of the run's config (missing cells allowed:
         empty, NA, NaN, null); every other column is ignored. Window ids may be any text or integers and
-        come back exactly as written. Invalid input raises :class:`aline.data.DataError`.
+        come back exactly as written. Invalid input raises :class:`aline.data.DataError`. The proposed hours
+        are askable ones only (:func:`aline.asking.pool_mask`). Answers are just data: fill the asked
+        feature's cells at those hours and predict again for the updated forecast.
         """
         return self.predict_raw(self.read(data))
+
+    def pool(self, raw: RawSplit) -> np.ndarray:
+        """The question pool of ``raw`` under the run's config. ``[N, 24]`` bool"""
+        return pool_mask(raw, self.cfg.data.columns.asked_feature, self.cfg.policy.unaskable_when)
+
+    def _answer_inputs(self, raw: RawSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        if raw.answers is None:
+            raise DataError(f"{raw.path}: no answer column ({self.cfg.data.columns.answers}) to reveal")
+        x, mask = self.normalizer.transform(raw.features)
+        j = self.normalizer.feature_names.index(raw.asked_feature)
+        scaled = (raw.answers - self.normalizer.mean[j]) / self.normalizer.std[j]
+        answer = np.where(np.isnan(raw.answers), 0.0, scaled).astype(np.float32)  # [N, 24]
+        return x, mask, answer, j
+
+    @torch.no_grad()
+    def one_answer_gains(self, raw: RawSplit, pool: np.ndarray | None = None) -> np.ndarray:
+        """The model's cut in its forecast variance (``w . z_23``) from each single pool hour's answer.
+        ``[N, 24]`` float64, 0 off the pool."""
+        x, mask, answer, j = self._answer_inputs(raw)
+        pool = self.pool(raw) if pool is None else pool
+        w = self.model.w.detach()
+        step = max(1, self.batch_size // 24)  # each window becomes 24 inputs
+        out = []
+        for start in range(0, x.shape[0], step):
+            sl = slice(start, start + step)
+            xb, mb = torch.from_numpy(x[sl]).to(self.device), torch.from_numpy(mask[sl]).to(self.device)
+            _, var0 = forecast_moments(self.model(xb, mb), w)
+            gains = one_answer_gains(
+                self.model,
+                xb,
+                mb,
+                torch.from_numpy(answer[sl]).to(self.device),
+                torch.from_numpy(pool[sl]).to(self.device),
+                j,
+                w,
+                var0,
+            )
+            out.append(gains.double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, contract.HOURS))
+
+    @torch.no_grad()
+    def forecast_after(self, raw: RawSplit, asked: np.ndarray) -> np.ndarray:
+        """p_next after revealing the answers (``raw.answers``) of the ``asked`` hours ``[N, 24]``. ``[N]``"""
+        x, mask, answer, j = self._answer_inputs(raw)
+        asked = np.asarray(asked, dtype=bool) & ~np.isnan(raw.answers)  # no answer, nothing to reveal
+        out = []
+        for start in range(0, x.shape[0], self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            xb, mb = reveal(
+                torch.from_numpy(x[sl]),
+                torch.from_numpy(mask[sl]),
+                torch.from_numpy(answer[sl]),
+                torch.from_numpy(asked[sl]),
+                j,
+            )
+            out.append(self.model(xb.to(self.device), mb.to(self.device)).p_next.cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
     @torch.no_grad()
     def predict_raw(self, raw: RawSplit) -> Prediction:
         """Forward pass over an already validated split, ``batch_size`` windows at a time."""
         self.normalizer.check_features(raw.feature_names, where=str(raw.path))
         x, mask = self.normalizer.transform(raw.features)  # [N, 24, F] each, float32
+        pool = self.pool(raw)  # [N, 24] bool
         n = x.shape[0]
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("p", "mu", "sigma", "scores", "topk", "unc")}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("p", "mu", "sigma", "scores", "asked", "unc")}
         for start in range(0, n, self.batch_size):
             xb = torch.from_numpy(x[start : start + self.batch_size]).to(self.device)
             mb = torch.from_numpy(mask[start : start + self.batch_size]).to(self.device)
+            pb = torch.from_numpy(pool[start : start + self.batch_size]).to(self.device)
             out = self.model(xb, mb)
             parts["p"].append(out.p.cpu().numpy())  # [B, 24]
             parts["mu"].append(out.mu_z.cpu().numpy())  # [B, 24, Z]
             parts["sigma"].append(out.sigma_z.cpu().numpy())  # [B, 24, Z]
             parts["scores"].append(out.scores.cpu().numpy())  # [B, 24]
-            parts["topk"].append(select_topk_hours(out.scores, self.k).cpu().numpy())  # [B, k]
+            parts["asked"].append(pool_topk(out.scores, pb, self.k).cpu().numpy())  # [B, 24]
             parts["unc"].append(uncertainty_reward(out.p, out.sigma_z).cpu().numpy())  # [B, 24]
         z_dim = len(self.cfg.data.columns.latents)
         hours = contract.HOURS
@@ -299,6 +363,10 @@ class Predictor:
             return np.concatenate(parts[key]).astype(dtype, copy=False)
 
         p_hourly = cat("p", (hours,), np.float64)  # float32 values, held exactly in float64
+        asked = cat("asked", (hours,), bool)
+        # Ascending asked hours, -1 where a window's pool held fewer than k.
+        order = np.sort(np.where(asked, np.arange(hours), hours), axis=1)[:, : self.k]
+        topk_hours = np.where(order < hours, order, -1).astype(np.int64)
         return Prediction(
             window_id=raw.window_id,
             p_next=p_hourly[:, -1].copy(),
@@ -306,10 +374,12 @@ class Predictor:
             mu_z=cat("mu", (hours, z_dim), np.float32),
             sigma_z=cat("sigma", (hours, z_dim), np.float32),
             scores=cat("scores", (hours,), np.float32),
-            topk_hours=cat("topk", (self.k,), np.int64),
+            topk_hours=topk_hours,
             uncertainty=cat("unc", (hours,), np.float32),
             latent_names=tuple(self.cfg.data.columns.latents),
             has_posterior=self.cfg.loss.posterior != "none",
+            pool=pool,
+            asked=asked,
         )
 
 

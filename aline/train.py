@@ -19,17 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import numpy as np
 import torch
 import yaml
 from ignite.engine import Engine
 from torch.utils.data import DataLoader
 
 from aline import contract
+from aline.asking import pool_mask
 from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, Normalizer, RawSplit, WindowDataset, feature_report, load_splits
 from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
 from aline.handlers import CheckpointError, RunHandlers, install_sigterm_handler
+from aline.loop import resolve_reward
 from aline.losses import resolve_posterior
 from aline.model import build_model
 from aline.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
@@ -76,8 +79,9 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
 
 
 def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
-    """``cfg`` with the data-dependent choices made (``loss.posterior``, ``loss.bce_into_encoder``), so
-    the run's config.yaml says what the run did and predict/evaluate rebuild the same model."""
+    """``cfg`` with the data-dependent choices made (``loss.posterior``, ``loss.bce_into_encoder``,
+    ``policy.reward=auto``), so the run's config.yaml says what the run did and predict/evaluate rebuild
+    the same model."""
     train = splits["train"]
     posterior = resolve_posterior(cfg.loss, train.z is not None, train.sigma is not None)
     into = cfg.loss.bce_into_encoder
@@ -85,7 +89,18 @@ def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
         # Without latent targets the labels are the only signal the encoder gets.
         into = posterior == "none"
     loss = cfg.loss.model_copy(update={"posterior": posterior, "bce_into_encoder": into})
-    return cfg.model_copy(update={"loss": loss})
+    reward = resolve_reward(
+        cfg.policy.reward,
+        has_query_value=train.query_value is not None,
+        has_answers=train.answers is not None,
+    )
+    policy = cfg.policy.model_copy(update={"reward": reward})
+    return cfg.model_copy(update={"loss": loss, "policy": policy})
+
+
+def pool_for(cfg: Config, raw: RawSplit) -> np.ndarray:
+    """The question pool of one split under this config. ``[N, 24]`` bool"""
+    return pool_mask(raw, cfg.data.columns.asked_feature, cfg.policy.unaskable_when)
 
 
 def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
@@ -110,6 +125,11 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
         problems.append(
             f"policy.reward=query_value needs the column {cols.query_value!r} "
             "(data.columns.query_value); use policy.reward=uncertainty instead"
+        )
+    if cfg.policy.reward == "info_gain" and raw.answers is None:
+        problems.append(
+            f"policy.reward=info_gain needs an answer column (data.columns.answers = {cols.answers}); "
+            "use policy.reward=uncertainty instead"
         )
     if problems:
         raise DataError(f"{raw.path}: " + "; ".join(problems))
@@ -179,9 +199,14 @@ def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
     meta_path = cfg.data.meta_path
     if meta_path.is_file():
         split = json.loads(meta_path.read_text()).get("splits", {}).get("val", {})
-        for key in ("logreg_auc", "best_fixed_share"):
+        for key in ("logreg_auc", "best_fixed_share", "random_share"):
             if isinstance(split.get(key), (int, float)):
                 refs[key] = float(split[key])
+        # The exact-Bayes forecast after the oracle's k answers (simulator meta: asked.oracle.{auc,brier}).
+        oracle_asked = (split.get("asked") or {}).get("oracle") or {}
+        for key in ("auc", "brier"):
+            if isinstance(oracle_asked.get(key), (int, float)):
+                refs[f"{key}_asked"] = float(oracle_asked[key])
     return refs
 
 
@@ -301,6 +326,7 @@ def setup_run(
     """Build the engines with every metric and handler attached (and the run folder's first files)."""
     from aline import handlers, metrics
 
+    cfg = resolve_config(cfg, splits)
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
     norm_path = run_path / contract.NORMALIZER_FILE
@@ -311,8 +337,8 @@ def setup_run(
         normalizer = init.normalizer
     else:
         normalizer = Normalizer.fit(splits["train"])
-    train_set = WindowDataset(splits["train"], normalizer)
-    val_set = WindowDataset(splits["val"], normalizer)
+    train_set = WindowDataset(splits["train"], normalizer, pool=pool_for(cfg, splits["train"]))
+    val_set = WindowDataset(splits["val"], normalizer, pool=pool_for(cfg, splits["val"]))
     train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=cfg.seed)
 

@@ -20,12 +20,20 @@ from aline.model import build_model
 HOURS = 24
 
 
+def hours_of_day() -> np.ndarray:
+    return np.arange(HOURS)[None, :]
+
+
 def make_frame(n_windows: int, seed: int, first_id: int = 0) -> pd.DataFrame:
     """Random but well-formed windows with every column the simulator writes (features with gaps)."""
     rng = np.random.default_rng(seed)
     n, f, z_dim = n_windows, len(DEFAULT_FEATURES), len(DEFAULT_LATENTS)
     feats = rng.normal(size=(n, HOURS, f))
     feats[rng.random(size=feats.shape) < 0.15] = np.nan  # gaps, as the wearables have
+    # Asleep: a 0/1 flag without gaps (it decides which hours can be asked about), night plus a lie-in.
+    wake = rng.integers(5, 10, size=(n, 1))
+    feats[:, :, DEFAULT_FEATURES.index("asleep")] = (hours_of_day() < wake) | (hours_of_day() >= 23)
+    feats[:, :, DEFAULT_FEATURES.index("busy")] = rng.random((n, HOURS)) < 0.2  # 0/1, like asleep
     z = rng.normal(size=(n, HOURS, z_dim)).cumsum(axis=1) * 0.3
     post_std = rng.uniform(0.2, 0.6, size=(n, HOURS, z_dim))
     post_mean = z + rng.normal(size=z.shape) * post_std
@@ -51,6 +59,17 @@ def make_frame(n_windows: int, seed: int, first_id: int = 0) -> pd.DataFrame:
     for prefix, values in (("z_", z), ("post_mean_", post_mean), ("post_std_", post_std)):
         for j, name in enumerate(DEFAULT_LATENTS):
             cols[prefix + name] = values[:, :, j].ravel()
+    # The diary is sparse (logged at a few hours); the answer column holds what the patient would say if
+    # asked: the logged rating where there is one, a fresh value while awake, nothing while asleep.
+    rating = DEFAULT_FEATURES.index("symptom_score")
+    feats[:, :, rating] = np.where(rng.random((n, HOURS)) < 0.15, feats[:, :, rating], np.nan)
+    cols["symptom_score"] = feats[:, :, rating].ravel()
+    asleep = (feats[:, :, DEFAULT_FEATURES.index("asleep")] > 0) | (
+        feats[:, :, DEFAULT_FEATURES.index("busy")] > 0
+    )
+    fresh = rng.normal(size=(n, HOURS))
+    answer = np.where(np.isnan(feats[:, :, rating]), np.where(asleep, np.nan, fresh), feats[:, :, rating])
+    cols["ask_symptom_score"] = answer.ravel()
     cols["query_value"] = qv.ravel()
     cols["y_next"] = np.repeat(y, HOURS)
     cols["p_true"] = np.repeat(p_true, HOURS)

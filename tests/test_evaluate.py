@@ -185,7 +185,15 @@ def test_policy_shares_recomputed_from_the_csvs(evaluated: tuple[Path, evaluate.
     policy = report["policy"]
     assert policy["oracle"] == pytest.approx(1.0)
     assert policy["trained"] == pytest.approx(np.take_along_axis(qv, trained, 1).sum() / oracle_total)
-    assert policy["random"] == pytest.approx(3 * qv.mean(axis=1).sum() / oracle_total)
+    # Random: k pool hours uniformly (pool = an answer exists and the symptom score was not logged).
+    frame = pd.read_csv(cfg.data.split_path("val")).sort_values(["window_id", "hour"])
+    pool = (frame["ask_symptom_score"].notna() & frame["symptom_score"].isna()).to_numpy().reshape(-1, 24)
+    random_total = 0.0
+    for row, hours in zip(qv, pool, strict=True):
+        members = np.flatnonzero(hours)
+        combos = list(itertools.combinations(members, min(3, len(members))))
+        random_total += np.mean([row[list(c)].sum() for c in combos]) if len(members) else 0.0
+    assert policy["random"] == pytest.approx(random_total / oracle_total)
     assert policy["random"] < 1.0
     best3 = max(itertools.combinations(range(24), 3), key=lambda c: qv_train[:, list(c)].sum())
     assert report["policy_detail"]["best_fixed_hours"] == list(best3)
@@ -345,6 +353,28 @@ def test_references_agree_with_the_simulators_meta(simulated: tuple[dict, evalua
     assert report["logreg"]["brier"] == pytest.approx(theirs["brier"], abs=3e-3)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_asking_none_is_the_csv_p_bayes_and_oracle_matches_the_meta(
+    simulated: tuple[dict, evaluate.EvalResult],
+) -> None:
+    meta, result = simulated
+    asking = result.report["asking"]
+    frame = pd.read_csv(Path(result.report["data_file"])).groupby("window_id").first()
+    y, p_bayes = frame["y_next"].to_numpy(float), frame["p_bayes"].to_numpy(float)
+    assert asking["none"]["brier_bayes"] == pytest.approx(float(np.mean((p_bayes - y) ** 2)), abs=1e-6)
+    assert asking["none"]["auc_bayes"] == pytest.approx(roc_auc_score(y, p_bayes), abs=1e-6)
+    ref = meta["splits"]["val"]["asked"]["oracle"]
+    assert asking["oracle"]["brier_bayes"] == pytest.approx(ref["brier"], abs=1e-9)
+    assert asking["oracle"]["auc_bayes"] == pytest.approx(ref["auc"], abs=1e-9)
+    # Every strategy that draws from the pool stays inside it; the clinic's fixed schedule does not.
+    for name in ("none", "trained", "random", "uncertainty", "oracle"):
+        assert asking[name]["outside_pool"] == 0.0, name
+    assert asking["fixed_schedule"]["outside_pool"] > 0.0
+    # Answers can only help the exact posterior: each strategy's exact cut is positive, the oracle's largest.
+    cuts = {name: asking[name]["exact_cut"] for name in asking if name != "none"}
+    assert all(c > 0 for c in cuts.values()) and max(cuts, key=cuts.get) == "oracle"
+
+
 # --- end to end on a tiny trained run -----------------------------------------------------------------
 
 
@@ -377,9 +407,29 @@ def test_trained_run_evaluates_to_the_trainers_own_validation_figures(tmp_path: 
     for key in ("auc", "pr_auc", "brier", "ece", "post_mse", "sigma_mae"):
         assert report[key] == pytest.approx(row[key], abs=1e-6), key
     assert report["policy"]["trained"] == pytest.approx(row["policy_value"], abs=1e-6)
+    trained = report["asking"]["trained"]
+    assert trained["query_value_share"] == pytest.approx(row["policy_value"], abs=1e-6)
+    assert trained["brier_model"] == pytest.approx(row["brier_asked"], abs=1e-6)
+    assert trained["auc_model"] == pytest.approx(row["auc_asked"], abs=1e-6)
+    assert trained["outside_pool"] == row["ask_outside_pool"] == 0.0
     assert report["checkpoint"] == status["best"]["checkpoint"]
 
     # predict on the same CSV gives the evaluator's probabilities, bit for bit
     written = pd.read_csv(run / contract.EVAL_DIR / "val_predictions.csv")
     served = predict_mod.load(run).predict(cfg.data.split_path("val")).to_frame()
     np.testing.assert_array_equal(served["p_next"].to_numpy(), written["p"].to_numpy())
+
+
+def test_random_value_over_the_pool_is_the_mean_over_every_pool_subset() -> None:
+    rng = np.random.default_rng(5)
+    qv = rng.gamma(2.0, 1.0, size=(6, 24))
+    pool = rng.random((6, 24)) < 0.3
+    pool[0] = False
+    pool[1, :] = False
+    pool[1, [4, 9]] = True  # fewer pool hours than k: both are asked
+    got = evaluate.random_value(qv, 3, pool)
+    for i in range(6):
+        hours = np.flatnonzero(pool[i])
+        subsets = list(itertools.combinations(hours, min(3, len(hours)))) if len(hours) else [()]
+        expected = np.mean([qv[i, list(s)].sum() for s in subsets])
+        assert got[i] == pytest.approx(expected, rel=1e-12, abs=1e-15)

@@ -17,6 +17,8 @@ from aline.metrics import (
     ECE,
     ROCAUC,
     TOPK_METRIC,
+    AskedForecast,
+    AskOutsidePool,
     Brier,
     CalibrationTable,
     PolicyValue,
@@ -41,6 +43,13 @@ def make_windows(n: int = 203, k: int = K, seed: int = 0) -> dict[str, torch.Ten
     f32 = {name: torch.from_numpy(rng.gamma(2.0, 0.5, n).astype(np.float32)) for name in _LOSSES}
     best = rng.gamma(3.0, 1.0, n)
     topk = np.sort(np.stack([rng.choice(HOURS, k, replace=False) for _ in range(n)]), axis=1)
+    asked = np.zeros((n, HOURS), dtype=np.float32)
+    asked[np.arange(n)[:, None], topk] = 1.0
+    # The pool holds the asked hours except in every 7th window (an ask outside it), plus random others.
+    pool = np.maximum(asked, (rng.random((n, HOURS)) < 0.4).astype(np.float32))
+    pool[::7, topk[::7, 0]] = 0.0
+    p_asked = np.clip(p + rng.normal(0, 0.05, n), 0.0, 1.0)
+    gain_rho = np.where(rng.random(n) < 0.3, rng.uniform(-1, 1, n), np.nan)
     return {
         "index": torch.arange(n, dtype=torch.int64),
         "p": torch.from_numpy(p.astype(np.float32)),
@@ -51,6 +60,10 @@ def make_windows(n: int = 203, k: int = K, seed: int = 0) -> dict[str, torch.Ten
         "policy_qv": torch.from_numpy((best * rng.random(n)).astype(np.float32)),
         "best_qv": torch.from_numpy(best.astype(np.float32)),
         "topk": torch.from_numpy(topk.astype(np.int64)),
+        "asked": torch.from_numpy(asked),
+        "pool": torch.from_numpy(pool),
+        "p_asked": torch.from_numpy(p_asked.astype(np.float32)),
+        "gain_rho": torch.from_numpy(gain_rho.astype(np.float32)),
     }
 
 
@@ -108,6 +121,13 @@ def reference_figures(w: dict[str, torch.Tensor]) -> dict:
         sigma_mae=float(np.mean(np64(w["sigma_abs_err"]))),
         policy_value=float(np64(w["policy_qv"]).sum() / np64(w["best_qv"]).sum()),
     )
+    asked, pool = np64(w["asked"]) > 0, np64(w["pool"]) > 0
+    ref["ask_outside_pool"] = float((asked & ~pool).sum() / asked.sum())
+    p_asked = np64(w["p_asked"])
+    ref["auc_asked"] = roc_auc_score(y, p_asked)
+    ref["brier_asked"] = float(np.mean((p_asked - y) ** 2))
+    rho = np64(w["gain_rho"])
+    ref["gain_spearman"] = float(np.median(rho[~np.isnan(rho)]))
     return ref
 
 
@@ -157,7 +177,7 @@ def test_calibration_table_matches_numpy(feed):
 def test_topk_frequency_matches_direct_count(feed):
     w = make_windows()
     freq = feed(batches(w, np.arange(len(w["index"]))))[TOPK_METRIC]
-    rows = w["topk"].tolist()
+    rows = [set(np.flatnonzero(r).tolist()) for r in w["asked"].numpy()]
     expected = [sum(hour in row for row in rows) / len(rows) for hour in range(HOURS)]
     assert freq.shape == (HOURS,)
     np.testing.assert_allclose(freq, expected, rtol=0, atol=1e-15)
@@ -197,6 +217,23 @@ def test_missing_sigma_and_query_value_give_nan():
     figures = run_engine(batches(w, np.arange(40)))
     assert math.isnan(figures["sigma_mae"]) and math.isnan(figures["policy_value"])
     assert math.isfinite(figures["auc"])
+
+
+def test_loop_metrics_without_answers_are_nan_and_asking_nothing_is_not_outside():
+    w = make_windows(n=30)
+    w["p_asked"] = torch.full((30,), float("nan"))
+    w["gain_rho"] = torch.full((30,), float("nan"))
+    w["asked"] = torch.zeros(30, HOURS)
+    figures = run_engine(batches(w, np.arange(30)))
+    assert math.isnan(figures["auc_asked"]) and math.isnan(figures["brier_asked"])
+    assert math.isnan(figures["gain_spearman"])
+    assert figures["ask_outside_pool"] == 0.0
+    half = make_windows(n=16)
+    half["p_asked"][:4] = float("nan")
+    with pytest.raises(ValueError, match="NaN for some windows only"):
+        metric = AskedForecast("brier")
+        metric.update(half)
+        metric.compute()
 
 
 def test_policy_value_without_any_best_value_is_nan():
@@ -239,13 +276,13 @@ def test_no_window_is_not_computable():
         (ECE(), lambda o: o.update(y=o["y"] * 0.5 + 0.25), ValueError, "label 'y' must be 0 or 1"),
         (ECE(), lambda o: o["p"].__setitem__(3, float("nan")), ValueError, "'p' must be finite and in"),
         (Brier(), lambda o: o["p"].__setitem__(3, 1.5), ValueError, "'p' must be finite and in"),
-        (TopkFrequency(K + 1), lambda o: None, ValueError, r"'topk' has shape \(16, 3\), expected \(16, 4\)"),
         (
-            TopkFrequency(K),
-            lambda o: o["topk"].__setitem__((0, 0), 24),
+            AskOutsidePool(),
+            lambda o: o.update(asked=o["asked"][:, :-1]),
             ValueError,
-            r"integer hours in \[0, 24\)",
+            r"'asked' has shape \(16, 23\), expected \(16, 24\)",
         ),
+        (TopkFrequency(K), lambda o: o["asked"].__setitem__((0, 0), 0.5), ValueError, "0/1 mask"),
     ],
 )
 def test_bad_evaluator_output_gives_clear_message(metric, change, error, message):

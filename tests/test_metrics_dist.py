@@ -40,6 +40,16 @@ def make_windows(n: int = N, seed: int = 3) -> dict[str, torch.Tensor]:
     out = {key: torch.from_numpy(v.astype(np.float32)) for key, v in f32.items()}
     out["index"] = torch.arange(n, dtype=torch.int64)
     out["topk"] = torch.from_numpy(topk.astype(np.int64))
+    asked = np.zeros((n, HOURS), dtype=np.float32)
+    asked[np.arange(n)[:, None], topk] = 1.0
+    pool = np.maximum(asked, (rng.random((n, HOURS)) < 0.4).astype(np.float32))
+    pool[::9, topk[::9, 1]] = 0.0  # some asks outside the pool, so ask_outside_pool is not trivially 0
+    out["asked"] = torch.from_numpy(asked)
+    out["pool"] = torch.from_numpy(pool)
+    out["p_asked"] = torch.from_numpy(rng.beta(0.8, 2.5, n).astype(np.float32))
+    out["gain_rho"] = torch.from_numpy(
+        np.where(rng.random(n) < 0.5, rng.uniform(-1, 1, n), np.nan).astype(np.float32)
+    )
     return out
 
 

@@ -69,8 +69,13 @@ def test_outputs_match_a_direct_forward_pass(run: Path) -> None:
     np.testing.assert_allclose(prediction.p_next, out.p_next.numpy(), atol=1e-6)
     np.testing.assert_allclose(prediction.mu_z, out.mu_z.numpy(), atol=1e-5)
     np.testing.assert_allclose(prediction.sigma_z, out.sigma_z.numpy(), atol=1e-5)
-    # Top-k hours: the k largest scores, ascending, by a plain NumPy sort.
-    expected = np.sort(np.argsort(-out.scores.numpy(), axis=1)[:, :3], axis=1)
+    # Top-k hours: the k largest scores in the pool (awake, not busy, symptom score not logged, answer
+    # known), ascending, by a plain NumPy sort.
+    names = list(DEFAULT_FEATURES)
+    f = raw.features
+    awake = (f[:, :, names.index("asleep")] == 0) & (f[:, :, names.index("busy")] == 0)
+    awake &= np.isnan(f[:, :, names.index("symptom_score")]) & ~np.isnan(raw.answers)
+    expected = np.sort(np.argsort(-np.where(awake, out.scores.numpy(), -np.inf), axis=1)[:, :3], axis=1)
     np.testing.assert_array_equal(prediction.topk_hours, expected)
     assert predictor.checkpoint == run / best
 
@@ -159,3 +164,30 @@ def test_cli_help_and_stdout(run: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert predict.main([str(run), str(_val_path(run))]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "window_id,p_next,topk_hours" and len(lines) == 61
+
+
+def test_predict_proposes_askable_hours_only_and_filled_answers_update_the_forecast(tmp_path: Path) -> None:
+    run = make_run(tmp_path, overrides=("data.columns.answers={symptom_score: ask_symptom_score}",))
+    predictor = predict.load(run)
+    full = pd.read_csv(_val_path(run)).sort_values(["window_id", "hour"]).reset_index(drop=True)
+    day = full.drop(columns=["ask_symptom_score"])  # deployment: no answers yet
+    first = predictor.predict(day)
+    asleep = day["asleep"].to_numpy().reshape(-1, 24)
+    busy = day["busy"].to_numpy().reshape(-1, 24)
+    logged = day["symptom_score"].notna().to_numpy().reshape(-1, 24)
+    askable = (asleep == 0) & (busy == 0) & ~logged
+    assert first.asked.any()
+    assert not (first.asked & ~askable).any(), "a proposed hour is asleep or already logged"
+    np.testing.assert_array_equal(first.asked.sum(axis=1), np.minimum(askable.sum(axis=1), 3))
+    rows = np.flatnonzero(first.asked.ravel())
+    for text, mask in zip(first.to_frame()["topk_hours"], first.asked, strict=True):
+        assert sorted(int(h) for h in text.split()) == np.flatnonzero(mask).tolist()
+
+    # The patient answers: the answers are just data in the asked feature's cells.
+    filled = day.copy()
+    filled.loc[rows, "symptom_score"] = full.loc[rows, "ask_symptom_score"].to_numpy()
+    second = predictor.predict(filled)
+    raw = read_split(_val_path(run), predictor.cfg.data.columns)
+    np.testing.assert_allclose(second.p_next, predictor.forecast_after(raw, first.asked), atol=1e-6)
+    assert (np.abs(second.p_next - first.p_next) > 1e-6).mean() > 0.9  # the untrained head is small
+    assert not (second.asked & first.asked).any(), "an answered hour is logged now, so no longer askable"

@@ -77,9 +77,11 @@ def test_two_epochs_write_the_whole_run_folder(tiny_data: Path, tmp_path: Path) 
     assert run.parent == tmp_path / "runs" and run.name.endswith("-e2e")
 
     saved = load_config(run / contract.CONFIG_FILE)
-    # config.yaml records the data-dependent choices: this data has sigma targets and latents.
+    # config.yaml records the data-dependent choices: this data has sigma targets, latents and a
+    # query_value column (policy.reward=auto resolves to it).
     assert saved.loss.posterior == "mse" and saved.loss.bce_into_encoder is False
-    assert saved.model_copy(update={"loss": cfg.loss}) == cfg
+    assert saved.policy.reward == "query_value"
+    assert saved.model_copy(update={"loss": cfg.loss, "policy": cfg.policy}) == cfg
     status = json.loads((run / contract.STATUS_FILE).read_text())
     assert status["state"] == "finished" and status["epoch"] == 2
     meta = json.loads((tiny_data / "synthetic_migraine_meta.json").read_text())
@@ -191,14 +193,14 @@ def test_nan_loss_marks_the_run_failed(
 ) -> None:
     import aline.engine as engine_mod
 
-    real = engine_mod.composite_loss
+    real = engine_mod.loop_loss
 
-    def poisoned(out, batch, *args, **kwargs):
-        parts = real(out, batch, *args, **kwargs)
+    def poisoned(*args, **kwargs):
+        parts = real(*args, **kwargs)
         parts.total = parts.total * float("nan")
         return parts
 
-    monkeypatch.setattr(engine_mod, "composite_loss", poisoned)
+    monkeypatch.setattr(engine_mod, "loop_loss", poisoned)
     runs = tmp_path / "runs"
     code = train_mod.main([f"data.dir={tiny_data}", f"run.dir={runs}", *TINY_MODEL])
     assert code == train_mod.EXIT_FAILURE
@@ -242,14 +244,17 @@ def test_two_processes_log_the_metrics_one_process_computes(tiny_data: Path, tmp
     logged = val_rows(result.run_dir)[-1]
 
     norm = Normalizer.load(result.run_dir / contract.NORMALIZER_FILE)
-    val = WindowDataset(read_split(tiny_data / "synthetic_migraine_val.csv", cfg.data.columns), norm)
+    cfg = load_config(result.run_dir / contract.CONFIG_FILE)  # as trained: policy.reward resolved
+    raw = read_split(tiny_data / "synthetic_migraine_val.csv", cfg.data.columns)
+    val = WindowDataset(raw, norm, pool=train_mod.pool_for(cfg, raw))
     model = build_model(cfg, len(norm.feature_names))
     state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     model.load_state_dict(state)
     evaluator = setup_evaluator(cfg, model, torch.device("cpu"))
     attach_validation_metrics(evaluator, cfg.policy.k)
     evaluator.run(make_loader(val, 7, train=False, seed=cfg.seed))  # odd batch size: other batching
-    for name in ("auc", "brier", "ece", "pr_auc", "post_mse", "policy_value"):
+    loop = ("policy_value", "ask_outside_pool", "brier_asked", "auc_asked")
+    for name in ("auc", "brier", "ece", "pr_auc", "post_mse", *loop):
         assert float(logged[name]) == pytest.approx(evaluator.state.metrics[name], rel=1e-6, abs=1e-9), name
     # Only rank 0 wrote: one val row per epoch.
     assert len(val_rows(result.run_dir)) == 1
