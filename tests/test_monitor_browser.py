@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_fixtures import append_lines, csv_line, train_row, write_run
+from monitor_fixtures import HEADER, append_lines, csv_line, train_row, write_run
 
 from aline import contract as C
 
@@ -60,7 +60,7 @@ class Writer(threading.Thread):
         while not self.stop.is_set():
             self.iteration += 1
             row = train_row(self.rng, 1 + self.iteration // 5, self.iteration)
-            append_lines(self.path, [csv_line(C.METRICS_HEADER, row)])
+            append_lines(self.path, [csv_line(HEADER, row)])
             self.stop.wait(self.period)
 
 
