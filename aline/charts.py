@@ -6,6 +6,9 @@ find a curve without relying on trace order or colours; every figure carries ``l
 Run names go into the figure escaped, since plotly reads ``<b>`` and friends in names as markup.
 Long curves are downsampled for drawing only (``aline.plotscale.downsample``: min/max per bucket plus the
 first and last point).
+
+Figures are built as plain dicts and wrapped without plotly's per-property validation (``_validate=False``):
+validating every trace cost about a second per refresh for one run, far more than reading the files.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from aline import contract as C
+from aline.heads import FORECAST, HEAD_TITLES, HEADS, Panel
 from aline.plotscale import diverged, downsample, integer_ticks, robust_range
 from aline.runview import RunData
 from aline.smoothing import debiased_ema
@@ -30,6 +32,49 @@ X_TITLES = {"step": "iteration", "epoch": "epoch", "relative": "hours since star
 # Plotly's PNG button: a fixed size so the export holds the whole figure, legend included, whatever the
 # size of the browser window it was drawn in.
 PNG_WIDTH = 1400
+
+
+def _figure(data: list[dict], layout: dict) -> go.Figure:
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
+
+
+def _grid(rows: int, cols: int, titles: Sequence[str], hspace: float, vspace: float) -> dict:
+    """Layout axes for a rows × cols grid of subplots (numbered row by row), with a title over each."""
+    layout: dict = {"annotations": []}
+    width = (1 - hspace * (cols - 1)) / cols
+    height = (1 - vspace * (rows - 1)) / rows
+    for i, title in enumerate(titles):
+        r, c = divmod(i, cols)
+        x0 = c * (width + hspace)
+        y1 = 1 - r * (height + vspace)
+        n = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{n}"] = {"domain": _unit(x0, x0 + width), "anchor": f"y{n}"}
+        layout[f"yaxis{n}"] = {"domain": _unit(y1 - height, y1), "anchor": f"x{n}"}
+        layout["annotations"].append(
+            {
+                "text": title,
+                "showarrow": False,
+                "xref": "paper",
+                "yref": "paper",
+                "x": x0 + width / 2,
+                "y": y1,
+                "xanchor": "center",
+                "yanchor": "bottom",
+                "font": {"size": 14},
+            }
+        )
+    return layout
+
+
+def _unit(lo: float, hi: float) -> list[float]:
+    # Rounding keeps 1 - 3 * (1/3) from landing a hair below 0, which plotly refuses.
+    return [min(1.0, max(0.0, round(lo, 6))), min(1.0, max(0.0, round(hi, 6)))]
+
+
+def _axes(i: int) -> dict[str, str]:
+    """Trace keys placing it on subplot ``i`` (0-based)."""
+    n = "" if i == 0 else str(i + 1)
+    return {"xaxis": f"x{n}", "yaxis": f"y{n}"}
 
 
 def png_config(fig: go.Figure, name: str) -> dict[str, object]:
@@ -74,79 +119,30 @@ def xy(run: RunData, split: str, column: str, x_mode: str) -> tuple[np.ndarray, 
     return xs, ys
 
 
-@dataclass
-class Ref:
-    """A horizontal reference line: ``key`` in status.json's oracle (or a constant ``value``)."""
-
-    text: str
-    key: str | None = None
-    value: float | None = None
-    dash: str = "dash"
-    color: str = "black"
-
-    def resolve(self, run: RunData) -> float | None:
-        if self.value is not None:
-            return self.value
-        return run.status.oracle.get(self.key) if self.key else None
-
-
-@dataclass
-class Panel:
-    column: str
-    title: str
-    split: str = C.SPLIT_VAL
-    refs: list[Ref] = field(default_factory=list)
-    log: bool = False
-
-
-FORECAST = [
-    Panel("auc", "AUC", refs=[Ref("Bayes", "auc"), Ref("logistic regression", "logreg_auc", dash="dot",
-                                                      color="#777777")]),
-    Panel("brier", "Brier", refs=[Ref("Bayes", "brier")]),
-    Panel("ece", "ECE", refs=[Ref("Bayes", "ece")]),
-    Panel("pr_auc", "PR AUC", refs=[Ref("Bayes", "pr_auc")]),
-]  # fmt: skip
-POSTERIOR = [
-    Panel("post_mse", "posterior MSE", refs=[Ref("floor (exact posterior)", "post_mse_floor")]),
-    Panel("sigma_mae", "sigma error (MAE)", refs=[Ref("exact", value=0.0, dash="dot", color="#777777")]),
-]
-POLICY = [
-    Panel("policy_value", "policy value (share of oracle)", refs=[
-        Ref("oracle", value=1.0), Ref("best fixed hours", "best_fixed_share", dash="dot", color="#2ca02c"),
-        Ref("random hours", "random_share", dash="dot", color="#d62728")]),
-    Panel("auc_asked", "AUC after asking", refs=[Ref("Bayes after the oracle's answers", "auc_asked")]),
-    Panel("brier_asked", "Brier after asking", refs=[Ref("Bayes after the oracle's answers", "brier_asked")]),
-    Panel("ask_outside_pool", "asks outside the pool (share)", refs=[Ref("none", value=0.0, dash="dot")]),
-    Panel("gain_spearman", "gain rank correlation (Spearman)", refs=[Ref("perfect", value=1.0, dash="dot")]),
-]  # fmt: skip
-OPTIMISATION = [
-    Panel("lr", "learning rate", split=C.SPLIT_TRAIN, log=True),
-    Panel("grad_norm", "gradient norm", split=C.SPLIT_TRAIN),
-]
-HEADS = {"forecast": FORECAST, "posterior": POSTERIOR, "policy": POLICY, "optimisation": OPTIMISATION}
-HEAD_TITLES = {
-    "forecast": "Forecast (validation) vs the Bayes-optimal forecast",
-    "posterior": "Posterior (validation) vs the exact posterior",
-    "policy": "Policy (validation) vs the oracle, the best fixed hours and random hours",
-    "optimisation": "Optimisation (train)",
-}
-
-
-def _finish_axes(fig: go.Figure, x_mode: str, x_values: list[np.ndarray], n_cols: int, n_panels: int) -> None:
-    for i in range(1, n_panels + 1):
-        axis = "xaxis" if i == 1 else f"xaxis{i}"
-        settings: dict[str, object] = {"title": {"text": X_TITLES[x_mode]}}
+def _finish_axes(layout: dict, x_mode: str, x_values: list[np.ndarray], n_panels: int) -> None:
+    finite = [v[np.isfinite(v)] for v in x_values]
+    finite = [v for v in finite if v.size]
+    ticks: dict[str, object] = {}
+    if finite and x_mode in ("epoch", "step"):
+        lo = float(min(v.min() for v in finite))
+        hi = float(max(v.max() for v in finite))
+        if x_mode == "epoch" or hi - lo < 10:
+            ticks = integer_ticks(lo, hi)
+    for i in range(n_panels):
+        axis = layout["xaxis" if i == 0 else f"xaxis{i + 1}"]
+        axis["title"] = {"text": X_TITLES[x_mode]}
         if x_mode == "wall":
-            settings["type"] = "date"
-        if x_mode in ("epoch", "step"):
-            finite = [v[np.isfinite(v)] for v in x_values if v.size]
-            finite = [v for v in finite if v.size]
-            if finite:
-                lo = float(min(v.min() for v in finite))
-                hi = float(max(v.max() for v in finite))
-                if x_mode == "epoch" or hi - lo < 10:
-                    settings.update(integer_ticks(lo, hi))
-        fig.layout[axis].update(settings)
+            axis["type"] = "date"
+        axis.update(ticks)
+
+
+def _scatter(x, y, **kw) -> dict:
+    return {
+        "type": "scatter",
+        "x": _clean(np.asarray(x, dtype=np.float64)),
+        "y": _clean(np.asarray(y, dtype=np.float64)),
+        **kw,
+    }
 
 
 def panels_figure(
@@ -168,14 +164,11 @@ def panels_figure(
         shown = list(panels[:1])
     cols = min(cols, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig = make_subplots(
-        rows=rows, cols=cols, subplot_titles=[p.title for p in shown], horizontal_spacing=0.1,
-        vertical_spacing=0.28 if rows > 1 else 0.1,
-    )  # fmt: skip
+    layout = _grid(rows, cols, [p.title for p in shown], hspace=0.1, vspace=0.3 / rows if rows > 1 else 0)
+    data: list[dict] = []
     flagged: dict[str, list[str]] = {}
     x_all: list[np.ndarray] = []
     for p, panel in enumerate(shown):
-        row, col = divmod(p, cols)
         scale_y: list[np.ndarray] = []
         ref_values: list[float] = []
         x_panel: list[np.ndarray] = []
@@ -191,15 +184,20 @@ def panels_figure(
                 scale_y.append(ys)
             dx, dy = downsample(xs, ys)
             many = panel.split == C.SPLIT_TRAIN and dx.size > 1
-            fig.add_trace(
-                go.Scatter(
-                    x=_clean(dx), y=_clean(dy), mode="lines" if many else "lines+markers",
-                    name=label(run.name), legendgroup=run.name, showlegend=p == 0,
-                    line={"color": run_color(r), "width": 1.5}, marker={"size": 6},
+            data.append(
+                _scatter(
+                    dx,
+                    dy,
+                    mode="lines" if many else "lines+markers",
+                    name=label(run.name),
+                    legendgroup=run.name,
+                    showlegend=p == 0,
+                    line={"color": run_color(r), "width": 1.5},
+                    marker={"size": 6},
                     meta={"run": run.name, "split": panel.split, "column": panel.column, "kind": "value"},
-                ),
-                row=row + 1, col=col + 1,
-            )  # fmt: skip
+                    **_axes(p),
+                )
+            )
         x_all.extend(x_panel)
         lo, hi = _x_span(x_panel)
         for ref in panel.refs:
@@ -210,36 +208,55 @@ def panels_figure(
                     continue
                 seen.add(value)
                 ref_values.append(value)
-                fig.add_trace(
-                    go.Scatter(
-                        x=[lo, hi], y=[value, value], mode="lines",
-                        name=f"{panel.title}: {ref.text} = {value:.4g}", showlegend=True,
-                        line={"color": ref.color, "dash": ref.dash, "width": 1}, hoverinfo="name",
-                        meta={"run": run.name, "split": "reference", "column": panel.column,
-                              "kind": "oracle", "ref": ref.key or ref.text},
-                    ),
-                    row=row + 1, col=col + 1,
-                )  # fmt: skip
+                data.append(
+                    _scatter(
+                        [lo, hi],
+                        [value, value],
+                        mode="lines",
+                        name=f"{panel.title}: {ref.text} = {value:.4g}",
+                        showlegend=True,
+                        line={"color": ref.color, "dash": ref.dash, "width": 1},
+                        hoverinfo="name",
+                        meta={
+                            "run": run.name,
+                            "split": "reference",
+                            "column": panel.column,
+                            "kind": "oracle",
+                            "ref": ref.key or ref.text,
+                        },
+                        **_axes(p),
+                    )
+                )
                 if ref.value is not None:
                     break  # a constant is the same for every run
-        axis = "yaxis" if p == 0 else f"yaxis{p + 1}"
+        axis = layout["yaxis" if p == 0 else f"yaxis{p + 1}"]
         if panel.log:
-            fig.layout[axis].type = "log"
+            axis["type"] = "log"
         if robust:
             yr = robust_range(scale_y, ref_values, log=panel.log)
             if yr is not None:
-                fig.layout[axis].range = yr
+                axis["range"] = yr
         if not x_panel:
-            fig.add_annotation(
-                text=f"{panel.column}: no values yet", showarrow=False, xref=f"x{p + 1} domain",
-                yref=f"y{p + 1} domain", x=0.5, y=0.5,
-            )  # fmt: skip
-    _finish_axes(fig, x_mode, x_all, cols, len(shown))
-    fig.update_layout(
-        title={"text": title}, height=300 * rows + 90, margin={"t": 80, "b": 50, "r": 20},
-        uirevision=chart, meta={"chart": chart, "diverged": flagged},
-    )  # fmt: skip
-    return fig
+            n = "" if p == 0 else str(p + 1)
+            layout["annotations"].append(
+                {
+                    "text": f"{panel.column}: no values yet",
+                    "showarrow": False,
+                    "xref": f"x{n} domain",
+                    "yref": f"y{n} domain",
+                    "x": 0.5,
+                    "y": 0.5,
+                }
+            )
+    _finish_axes(layout, x_mode, x_all, len(shown))
+    layout.update(
+        title={"text": title},
+        height=300 * rows + 90,
+        margin={"t": 80, "b": 50, "r": 20},
+        uirevision=chart,
+        meta={"chart": chart, "diverged": flagged},
+    )
+    return _figure(data, layout)
 
 
 def _x_span(xs: list[np.ndarray]) -> tuple[float, float]:
@@ -267,8 +284,8 @@ def loss_figure(
     robust: bool = True,
 ) -> go.Figure:
     """Total loss and its three parts (2×2 panels); per run and split a faint raw and a smoothed line."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=C.LOSS_COLUMNS, horizontal_spacing=0.1,
-                        vertical_spacing=0.18)  # fmt: skip
+    layout = _grid(2, 2, C.LOSS_COLUMNS, hspace=0.1, vspace=0.18)
+    data: list[dict] = []
     flagged: dict[str, list[str]] = {}
     x_all: list[np.ndarray] = []
     scale: list[list[np.ndarray]] = [[] for _ in C.LOSS_COLUMNS]
@@ -285,43 +302,55 @@ def loss_figure(
                 else:
                     scale[p].append(ys)
                 smooth = debiased_ema(ys, smoothing)  # [m]
-                row, col = divmod(p, 2)
                 name = label(f"{run.name} · {split}")
                 meta = {"run": run.name, "split": split, "column": column}
                 mode = "lines+markers" if split == C.SPLIT_VAL or xs.size == 1 else "lines"
                 tx, ty = downsample(xs, ys)
-                fig.add_trace(
-                    go.Scatter(
-                        x=_clean(tx), y=_clean(ty), mode=mode,
-                        line={"color": run_color(r), "width": 1, "dash": dash}, opacity=0.25,
-                        name=name, legendgroup=name, showlegend=False, hoverinfo="skip",
+                data.append(
+                    _scatter(
+                        tx,
+                        ty,
+                        mode=mode,
+                        line={"color": run_color(r), "width": 1, "dash": dash},
+                        opacity=0.25,
+                        name=name,
+                        legendgroup=name,
+                        showlegend=False,
+                        hoverinfo="skip",
                         meta={**meta, "kind": "raw"},
-                    ),
-                    row=row + 1, col=col + 1,
-                )  # fmt: skip
+                        **_axes(p),
+                    )
+                )
                 sx, sy = downsample(xs, smooth)
-                fig.add_trace(
-                    go.Scatter(
-                        x=_clean(sx), y=_clean(sy), mode=mode,
+                data.append(
+                    _scatter(
+                        sx,
+                        sy,
+                        mode=mode,
                         line={"color": run_color(r), "width": 2, "dash": dash},
-                        name=name, legendgroup=name, showlegend=p == 0,
+                        name=name,
+                        legendgroup=name,
+                        showlegend=p == 0,
                         meta={**meta, "kind": "smooth"},
-                    ),
-                    row=row + 1, col=col + 1,
-                )  # fmt: skip
-    fig.update_yaxes(type="log" if log_y else "linear")
-    if robust:
-        for p in range(len(C.LOSS_COLUMNS)):
+                        **_axes(p),
+                    )
+                )
+    for p in range(len(C.LOSS_COLUMNS)):
+        axis = layout["yaxis" if p == 0 else f"yaxis{p + 1}"]
+        axis["type"] = "log" if log_y else "linear"
+        if robust:
             yr = robust_range(scale[p], log=log_y)
             if yr is not None:
-                fig.layout["yaxis" if p == 0 else f"yaxis{p + 1}"].range = yr
-    _finish_axes(fig, x_mode, x_all, 2, len(C.LOSS_COLUMNS))
-    fig.update_layout(
+                axis["range"] = yr
+    _finish_axes(layout, x_mode, x_all, len(C.LOSS_COLUMNS))
+    layout.update(
         title={"text": "Loss (train solid, validation dotted; smoothed, raw faint)"},
-        height=640, margin={"t": 80, "b": 50, "r": 20}, uirevision="loss",
+        height=640,
+        margin={"t": 80, "b": 50, "r": 20},
+        uirevision="loss",
         meta={"chart": "loss", "diverged": flagged},
-    )  # fmt: skip
-    return fig
+    )
+    return _figure(data, layout)
 
 
 def val_metrics_figure(runs: Sequence[RunData]) -> go.Figure:
@@ -332,79 +361,99 @@ def val_metrics_figure(runs: Sequence[RunData]) -> go.Figure:
 def reliability_figure(run: RunData, epoch: int) -> go.Figure:
     """Reliability diagram of one epoch: diagonal, calibration curve, and prediction counts per bin."""
     table = run.calibration_for(epoch)
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
     count = table["count"]  # [bins]
-    fig.add_trace(
-        go.Bar(
-            x=_clean((table["lo"] + table["hi"]) / 2), y=_clean(count),
-            width=_clean(table["hi"] - table["lo"]), name="predictions per bin",
-            marker={"color": "#999999"}, opacity=0.35,
-            meta={"run": run.name, "split": C.SPLIT_VAL, "column": "count", "kind": "histogram"},
-        ),
-        secondary_y=True,
-    )  # fmt: skip
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-            line={"color": "black", "dash": "dash", "width": 1},
-            meta={"run": run.name, "split": C.SPLIT_VAL, "column": "diagonal", "kind": "reference"},
-        ),
-        secondary_y=False,
-    )  # fmt: skip
     ece = run.metric_at_epoch("ece", epoch)
     brier = run.metric_at_epoch("brier", epoch)
     filled = count > 0
-    fig.add_trace(
-        go.Scatter(
-            x=_clean(table["mean_pred"][filled]), y=_clean(table["frac_pos"][filled]), mode="lines+markers",
-            name=f"epoch {epoch}: ECE {_fmt(ece)}, Brier {_fmt(brier)}", line={"color": run_color(0)},
+    data = [
+        {
+            "type": "bar",
+            "x": _clean((table["lo"] + table["hi"]) / 2),
+            "y": _clean(count),
+            "width": _clean(table["hi"] - table["lo"]),
+            "name": "predictions per bin",
+            "marker": {"color": "#999999"},
+            "opacity": 0.35,
+            "xaxis": "x",
+            "yaxis": "y2",
+            "meta": {"run": run.name, "split": C.SPLIT_VAL, "column": "count", "kind": "histogram"},
+        },
+        _scatter(
+            [0, 1],
+            [0, 1],
+            mode="lines",
+            name="perfect calibration",
+            line={"color": "black", "dash": "dash", "width": 1},
+            meta={"run": run.name, "split": C.SPLIT_VAL, "column": "diagonal", "kind": "reference"},
+        ),
+        _scatter(
+            table["mean_pred"][filled],
+            table["frac_pos"][filled],
+            mode="lines+markers",
+            name=f"epoch {epoch}: ECE {_fmt(ece)}, Brier {_fmt(brier)}",
+            line={"color": run_color(0)},
             meta={"run": run.name, "split": C.SPLIT_VAL, "column": "frac_pos", "kind": "calibration"},
         ),
-        secondary_y=False,
-    )  # fmt: skip
-    fig.update_xaxes(title_text="predicted probability", range=[0, 1])
-    fig.update_yaxes(title_text="observed frequency", range=[0, 1], secondary_y=False)
-    fig.update_yaxes(title_text="count", secondary_y=True, showgrid=False)
-    fig.update_layout(
-        title={"text": f"Reliability — {label(run.name)}, epoch {epoch}"}, height=440, uirevision="rel",
-        legend={"orientation": "h", "yref": "container", "y": 0.02, "yanchor": "bottom"},
-        margin={"b": 110}, meta={"chart": "reliability", "diverged": {}},
-    )  # fmt: skip
-    return fig
+    ]
+    layout = {
+        "title": {"text": f"Reliability — {label(run.name)}, epoch {epoch}"},
+        "height": 440,
+        "uirevision": "rel",
+        "xaxis": {"title": {"text": "predicted probability"}, "range": [0, 1]},
+        "yaxis": {"title": {"text": "observed frequency"}, "range": [0, 1]},
+        "yaxis2": {"title": {"text": "count"}, "overlaying": "y", "side": "right", "showgrid": False},
+        "legend": {"orientation": "h", "yref": "container", "y": 0.02, "yanchor": "bottom"},
+        "margin": {"b": 110},
+        "meta": {"chart": "reliability", "diverged": {}},
+    }
+    return _figure(data, layout)
 
 
 def calibration_epochs_figure(run: RunData) -> go.Figure:
     """Calibration across epochs: the reliability curve of every epoch, early epochs pale, the latest dark."""
     epochs = run.calibration_epochs()
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+    data = [
+        _scatter(
+            [0, 1],
+            [0, 1],
+            mode="lines",
+            name="perfect calibration",
             line={"color": "black", "dash": "dash", "width": 1},
             meta={"run": run.name, "split": C.SPLIT_VAL, "column": "diagonal", "kind": "reference"},
         )
-    )  # fmt: skip
+    ]
     n = len(epochs)
     for i, epoch in enumerate(epochs):
         table = run.calibration_for(epoch)
         filled = table["count"] > 0
         shade = min(1.0, 0.2 + 0.8 * (i + 1) / n)  # later epochs darker
-        fig.add_trace(
-            go.Scatter(
-                x=_clean(table["mean_pred"][filled]), y=_clean(table["frac_pos"][filled]),
-                mode="lines+markers", name=f"epoch {epoch}", opacity=shade,
-                line={"color": run_color(0), "width": 1 + 1.5 * (i == n - 1)}, marker={"size": 4},
-                meta={"run": run.name, "split": C.SPLIT_VAL, "column": "frac_pos", "kind": "calibration",
-                      "epoch": epoch},
+        data.append(
+            _scatter(
+                table["mean_pred"][filled],
+                table["frac_pos"][filled],
+                mode="lines+markers",
+                name=f"epoch {epoch}",
+                opacity=shade,
+                line={"color": run_color(0), "width": 1 + 1.5 * (i == n - 1)},
+                marker={"size": 4},
+                meta={
+                    "run": run.name,
+                    "split": C.SPLIT_VAL,
+                    "column": "frac_pos",
+                    "kind": "calibration",
+                    "epoch": epoch,
+                },
             )
-        )  # fmt: skip
-    fig.update_layout(
-        title={"text": f"Calibration over epochs — {label(run.name)}"}, height=440,
-        xaxis={"title": {"text": "predicted probability"}, "range": [0, 1]},
-        yaxis={"title": {"text": "observed frequency"}, "range": [0, 1]},
-        uirevision="calib_epochs", meta={"chart": "calibration_epochs", "diverged": {}},
-    )  # fmt: skip
-    return fig
+        )
+    layout = {
+        "title": {"text": f"Calibration over epochs — {label(run.name)}"},
+        "height": 440,
+        "xaxis": {"title": {"text": "predicted probability"}, "range": [0, 1]},
+        "yaxis": {"title": {"text": "observed frequency"}, "range": [0, 1]},
+        "uirevision": "calib_epochs",
+        "meta": {"chart": "calibration_epochs", "diverged": {}},
+    }
+    return _figure(data, layout)
 
 
 def _fmt(value: float | None) -> str:
@@ -415,68 +464,49 @@ def topk_figures(run: RunData) -> tuple[go.Figure, go.Figure]:
     """Top-k hour selection: epoch × hour heatmap, and the latest epoch as 24 bars."""
     epochs, matrix = run.topk_matrix()  # [E], [E, 24]
     hours = list(range(C.HOURS))
-    heat = go.Figure(
-        go.Heatmap(
-            z=matrix.tolist(), x=hours, y=epochs.tolist(), colorscale="Viridis", zmin=0, zmax=1,
-            colorbar={"title": {"text": "share"}},
-            meta={"run": run.name, "split": C.SPLIT_VAL, "column": "frequency", "kind": "heatmap"},
-        )
-    )  # fmt: skip
     yticks = integer_ticks(float(epochs.min()), float(epochs.max())) if len(epochs) else {}
-    heat.update_layout(
-        title={"text": f"Top-k hours per epoch — {label(run.name)}"},
-        xaxis={"title": {"text": "hour"}, "dtick": 1},
-        yaxis={"title": {"text": "epoch"}, **yticks}, height=400, uirevision="heat",
-        meta={"chart": "topk_heatmap", "diverged": {}},
-    )  # fmt: skip
+    heat = _figure(
+        [
+            {
+                "type": "heatmap",
+                "z": matrix.tolist(),
+                "x": hours,
+                "y": epochs.tolist(),
+                "colorscale": "Viridis",
+                "zmin": 0,
+                "zmax": 1,
+                "colorbar": {"title": {"text": "share"}},
+                "meta": {"run": run.name, "split": C.SPLIT_VAL, "column": "frequency", "kind": "heatmap"},
+            }
+        ],
+        {
+            "title": {"text": f"Top-k hours per epoch — {label(run.name)}"},
+            "xaxis": {"title": {"text": "hour"}, "dtick": 1},
+            "yaxis": {"title": {"text": "epoch"}, **yticks},
+            "height": 400,
+            "uirevision": "heat",
+            "meta": {"chart": "topk_heatmap", "diverged": {}},
+        },
+    )
     latest = matrix[-1] if len(epochs) else np.zeros(C.HOURS)
     title = f"Top-k hours, epoch {int(epochs[-1])}" if len(epochs) else "Top-k hours"
-    bars = go.Figure(
-        go.Bar(
-            x=hours, y=latest.tolist(), marker={"color": run_color(0)},
-            meta={"run": run.name, "split": C.SPLIT_VAL, "column": "frequency", "kind": "latest"},
-        )
-    )  # fmt: skip
-    bars.update_layout(
-        title={"text": title}, xaxis={"title": {"text": "hour"}, "dtick": 1},
-        yaxis={"title": {"text": "share of windows"}, "range": [0, 1]}, height=400, uirevision="bars",
-        meta={"chart": "topk_bars", "diverged": {}},
-    )  # fmt: skip
+    bars = _figure(
+        [
+            {
+                "type": "bar",
+                "x": hours,
+                "y": latest.tolist(),
+                "marker": {"color": run_color(0)},
+                "meta": {"run": run.name, "split": C.SPLIT_VAL, "column": "frequency", "kind": "latest"},
+            }
+        ],
+        {
+            "title": {"text": title},
+            "xaxis": {"title": {"text": "hour"}, "dtick": 1},
+            "yaxis": {"title": {"text": "share of windows"}, "range": [0, 1]},
+            "height": 400,
+            "uirevision": "bars",
+            "meta": {"chart": "topk_bars", "diverged": {}},
+        },
+    )
     return heat, bars
-
-
-# --- headline values against their limits ------------------------------------------------------------------
-
-# (column, label, oracle key or constant, higher is better)
-HEADLINES = (
-    ("auc", "AUC", "auc", True),
-    ("brier", "Brier", "brier", False),
-    ("pr_auc", "PR AUC", "pr_auc", True),
-    ("post_mse", "posterior MSE", "post_mse_floor", False),
-    ("policy_value", "policy value", 1.0, True),
-    ("auc_asked", "AUC after asking", "auc_asked", True),
-)
-
-
-def headline(value: float, limit: float | None, higher_is_better: bool) -> str | None:
-    """The value as a share of its limit: value/limit when higher is better, limit/value otherwise,
-    so 100 % means "at the limit" either way. None if there is no usable limit."""
-    if limit is None or not math.isfinite(limit) or limit <= 0 or value <= 0 or not math.isfinite(value):
-        return None
-    share = value / limit if higher_is_better else limit / value
-    return f"{100 * share:.1f} %"
-
-
-def headlines(run: RunData) -> list[tuple[str, str, str | None]]:
-    """(label, value text, "xx.x % of <limit>" or None) for the newest validation row of ``run``."""
-    row = run.newest_row(C.SPLIT_VAL) or {}
-    out = []
-    for column, name, ref, hib in HEADLINES:
-        if column not in row:
-            continue
-        value = row[column]
-        limit = ref if isinstance(ref, float) else run.status.oracle.get(ref)
-        limit_name = "oracle" if isinstance(ref, float) else ("floor" if column == "post_mse" else "Bayes")
-        share = headline(value, limit, hib)
-        out.append((name, f"{value:.4g}", f"{share} of {limit_name}" if share else None))
-    return out

@@ -24,12 +24,12 @@ from aline.charts import (
     X_MODES,
     calibration_epochs_figure,
     head_figure,
-    headlines,
     loss_figure,
     png_config,
     reliability_figure,
     topk_figures,
 )
+from aline.heads import headlines
 from aline.runview import (
     RunData,
     config_diff,

@@ -213,3 +213,18 @@ def tensorboard_smooth(values: list[float], weight: float) -> list[float]:
         debias = 1.0 if weight == 1 else 1 - weight**n
         out.append(last / debias)
     return out
+
+
+def tiny_real_run(root: Path, epochs: int = 2) -> Path:
+    """A run folder written by the real trainer on a few simulated subjects (about 10 s on 2 cores)."""
+    from aline.config import load_config
+    from aline.simulate import simulate
+    from aline.train import train
+
+    simulate(subjects=20, days=6, seed=5, out_dir=root / "data", progress=False)
+    overrides = [
+        f"data.dir={root / 'data'}", f"run.dir={root / 'runs'}", f"trainer.epochs={epochs}",
+        "trainer.batch_size=32", "trainer.log_every=1", "model.d_model=16", "model.heads=2", "model.layers=1",
+        "model.ff_dim=32", "logging.progress=false",
+    ]  # fmt: skip
+    return train(load_config(None, overrides), announce=lambda _: None).run_dir

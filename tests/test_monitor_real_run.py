@@ -7,26 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
+from monitor_fixtures import tiny_real_run
 from streamlit.testing.v1 import AppTest
 
 from aline import contract as C
-from aline.config import load_config
-from aline.simulate import simulate
-from aline.train import train
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "monitor.py")
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("real")
-    simulate(subjects=20, days=6, seed=5, out_dir=root / "data", progress=False)
-    overrides = [
-        f"data.dir={root / 'data'}", f"run.dir={root / 'runs'}", "trainer.epochs=2", "trainer.batch_size=32",
-        "trainer.log_every=1", "model.d_model=16", "model.heads=2", "model.layers=1", "model.ff_dim=32",
-        "logging.progress=false",
-    ]  # fmt: skip
-    return train(load_config(None, overrides), announce=lambda _: None).run_dir
+    return tiny_real_run(tmp_path_factory.mktemp("real"))
 
 
 def chart(at: AppTest, name: str) -> dict:
