@@ -54,6 +54,12 @@ with st.sidebar:
     paused = st.toggle("Pause live updates", value=False, key="pause")
 
 st.title("ALINE training monitor")
+# A live page shows the last data it read until the next arrives: Streamlit's "stale" fading of elements
+# while a refresh runs (after about half a second) only makes the page flicker, most on a loaded machine.
+st.html(
+    "<style>[data-testid='stElementContainer'][data-stale='true']"
+    "{opacity: 1 !important; transition: none !important;}</style>"
+)
 RUN_EVERY = None if paused else interval
 
 
