@@ -143,9 +143,10 @@ def runs_part() -> None:
         lines = headlines(run_data(name))
         if not lines:
             continue
+        st.caption(f"Newest validation values of **{name}**, as a share of their limits")
         cols = st.columns(len(lines))
         for col, (title, value, share) in zip(cols, lines, strict=True):
-            col.metric(f"{title} · {name}", value, share, delta_color="off")
+            col.metric(title, value, share, delta_color="off", delta_arrow="off")
 
 
 def show_run_messages(run: RunData, diverged: dict[str, list[str]]) -> None:

@@ -204,7 +204,7 @@ TRAIN_LOSS_JS = f"""() => {{
 }}"""
 
 
-def wait_charts(page, names: list[str], timeout_ms: int = 60_000) -> None:
+def wait_charts(page, names: list[str], timeout_ms: int = 180_000) -> None:
     want = repr(names)
     ready = f"(() => {{ const c = ({CHARTS_JS})(); return {want}.every(n => c[n] && c[n].data.length); }})()"
     page.wait_for_function(ready, timeout=timeout_ms)
@@ -287,7 +287,7 @@ def test_diverged_run_leaves_the_other_runs_y_range_unchanged(site) -> None:
         try:
             wait_charts(page, ["loss"])
             if len(runs) == 2:
-                page.get_by_text(f"{WILD} diverged", exact=False).first.wait_for(timeout=30_000)
+                page.get_by_text(f"{WILD} diverged", exact=False).first.wait_for(timeout=60_000)
             ranges[len(runs)] = page.evaluate(Y_RANGES_JS)
         finally:
             page.close()
