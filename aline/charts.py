@@ -71,6 +71,21 @@ def _unit(lo: float, hi: float) -> list[float]:
     return [min(1.0, max(0.0, round(lo, 6))), min(1.0, max(0.0, round(hi, 6)))]
 
 
+def _legend_height(data: list[dict]) -> int:
+    # Three entries per legend row at the export width; about 22 px a row.
+    entries = sum(1 for t in data if t.get("showlegend", True))
+    return 22 * math.ceil(entries / 3)
+
+
+def _bottom_legend(data: list[dict]) -> dict:
+    """A horizontal legend under the plots, placed in the figure's own box (``yref: container``) with a
+    bottom margin sized to hold it, so neither the page nor the PNG export can cut it off."""
+    return {
+        "legend": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0},
+        "margin": {"t": 80, "l": 70, "r": 30, "b": 70 + _legend_height(data)},
+    }
+
+
 def _axes(i: int) -> dict[str, str]:
     """Trace keys placing it on subplot ``i`` (0-based)."""
     n = "" if i == 0 else str(i + 1)
@@ -232,7 +247,7 @@ def panels_figure(
         axis = layout["yaxis" if p == 0 else f"yaxis{p + 1}"]
         if panel.log:
             axis["type"] = "log"
-        if robust:
+        if robust and panel.robust:
             yr = robust_range(scale_y, ref_values, log=panel.log)
             if yr is not None:
                 axis["range"] = yr
@@ -251,8 +266,8 @@ def panels_figure(
     _finish_axes(layout, x_mode, x_all, len(shown))
     layout.update(
         title={"text": title},
-        height=300 * rows + 90,
-        margin={"t": 80, "b": 50, "r": 20},
+        height=300 * rows + 90 + _legend_height(data),
+        **_bottom_legend(data),
         uirevision=chart,
         meta={"chart": chart, "diverged": flagged},
     )
@@ -345,8 +360,8 @@ def loss_figure(
     _finish_axes(layout, x_mode, x_all, len(C.LOSS_COLUMNS))
     layout.update(
         title={"text": "Loss (train solid, validation dotted; smoothed, raw faint)"},
-        height=640,
-        margin={"t": 80, "b": 50, "r": 20},
+        height=640 + _legend_height(data),
+        **_bottom_legend(data),
         uirevision="loss",
         meta={"chart": "loss", "diverged": flagged},
     )

@@ -38,6 +38,7 @@ class Panel:
     split: str = C.SPLIT_VAL
     refs: list[Ref] = field(default_factory=list)
     log: bool = False
+    robust: bool = True  # False where the extremes are the point (the learning-rate warm-up)
 
 
 FORECAST = [
@@ -70,7 +71,7 @@ POLICY = [
     Panel("gain_spearman", "gain rank correlation (Spearman)", refs=[Ref("perfect", value=1.0, dash="dot")]),
 ]
 OPTIMISATION = [
-    Panel("lr", "learning rate", split=C.SPLIT_TRAIN, log=True),
+    Panel("lr", "learning rate", split=C.SPLIT_TRAIN, log=True, robust=False),
     Panel("grad_norm", "gradient norm", split=C.SPLIT_TRAIN),
 ]
 HEADS = {"forecast": FORECAST, "posterior": POSTERIOR, "policy": POLICY, "optimisation": OPTIMISATION}

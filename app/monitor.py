@@ -248,7 +248,9 @@ def charts_part() -> None:
             choice = st.selectbox(
                 "Epoch",
                 ["latest", *reversed(epochs)],
-                format_func=lambda e: f"latest ({epochs[-1]})" if e == "latest" else str(e),
+                # A fixed label: one that names the newest epoch is redrawn late by the browser when only
+                # the options change, and then disagrees with the chart for a refresh or two.
+                format_func=lambda e: "latest epoch" if e == "latest" else str(e),
                 key="detail_epoch",
             )
             epoch = epochs[-1] if choice == "latest" or choice not in epochs else int(choice)

@@ -367,7 +367,7 @@ def test_choices_survive_new_epochs_and_new_runs(one_run, monkeypatch) -> None:
     at.run()
     assert not at.exception
     assert at.selectbox(key="detail_epoch").value == 2
-    assert at.selectbox(key="detail_epoch").options[0] == "latest (4)"
+    assert at.selectbox(key="detail_epoch").options[0] == "latest epoch"
     assert at.multiselect(key="selected_runs").value == [RUN_A]
     assert at.multiselect(key="selected_runs").options == ["20261125-230000-newer", RUN_A]
 

@@ -186,7 +186,7 @@ def test_refresh_without_new_rows_rebuilds_nothing(one_run, monkeypatch) -> None
     at.run()
     assert id(at.session_state["figures"]["rel"][1]) != before["rel"][1]  # a grown file does rebuild
     # The epoch picker and the reliability chart come from the same refresh: both at epoch 4.
-    assert at.selectbox(key="detail_epoch").options[0] == "latest (4)"
+    assert at.selectbox(key="detail_epoch").options[0] == "latest epoch"
     assert figures(at)["reliability"]["layout"]["title"]["text"].endswith("epoch 4")
 
 
