@@ -2,20 +2,46 @@
 
 This file is only the page layout. Reading run folders lives in ``aline.runview`` / ``aline.tail`` and the
 figures in ``aline.charts``. The page never writes under the runs folder.
+
+Calm refreshes: the page is two fragments that rerun on their own timer, the runs table (cheap: status.json
+and the tail of metrics.csv per run) and the charts (full tables, selected runs only). Chart controls live
+inside the charts fragment, so changing one reruns that fragment only. Figures are cached on the tables'
+versions and the controls, so a refresh in which no file grew rebuilds nothing and hands Streamlit the very
+same figures (the browser then redraws nothing).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import streamlit as st
 from streamlit import config as st_config
 
 from aline import contract as C
-from aline.charts import loss_figure, reliability_figure, topk_figures, val_metrics_figure
-from aline.runview import RunData, list_runs, metrics_csv_bytes, resolve_run, runs_root_from, summarize
+from aline.charts import (
+    X_MODES,
+    calibration_epochs_figure,
+    head_figure,
+    loss_figure,
+    png_config,
+    reliability_figure,
+    topk_figures,
+)
+from aline.heads import headlines
+from aline.runview import (
+    RunData,
+    config_diff,
+    human_duration,
+    list_runs,
+    progress,
+    resolve_run,
+    runs_root_from,
+    summarize,
+    table_csv_bytes,
+)
 
 st.set_page_config(page_title="ALINE training monitor", layout="wide")
 # Run folders are private: if this server listens beyond this machine without anyone having asked for it
@@ -36,19 +62,15 @@ with st.sidebar:
         "Refresh every (seconds)", min_value=0.5, max_value=120.0, value=2.0, step=0.5, key="interval"
     )
     paused = st.toggle("Pause live updates", value=False, key="pause")
-    st.header("Loss curves")
-    x_axis = st.radio("x axis", ["iteration", "epoch"], horizontal=True, key="x_axis")
-    log_y = st.toggle("Log scale (y)", value=False, key="log_y")
-    smoothing = st.slider(
-        "Smoothing (debiased EMA weight)",
-        min_value=0.0,
-        max_value=0.99,
-        value=0.6,
-        step=0.01,
-        key="smoothing",
-    )
 
 st.title("ALINE training monitor")
+# A live page shows the last data it read until the next arrives: Streamlit's "stale" fading of elements
+# while a refresh runs (after about half a second) only makes the page flicker, most on a loaded machine.
+st.html(
+    "<style>[data-testid='stElementContainer'][data-stale='true']"
+    "{opacity: 1 !important; transition: none !important;}</style>"
+)
+RUN_EVERY = None if paused else interval
 
 
 def run_data(name: str) -> RunData:
@@ -60,42 +82,34 @@ def run_data(name: str) -> RunData:
     return cache[key]
 
 
-def requested_runs(names: list[str]) -> list[str]:
-    """Runs named in the URL (``?run=a,b``), checked against the runs folder; others are reported."""
+def url_runs(names: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Runs named in the URL (``?run=a,b``) that exist, and (level, message) for the others. Checked on
+    every refresh, so a warning stays while the URL still names a bad run."""
     wanted = [n for n in st.query_params.get("run", "").split(",") if n]
-    ok = []
+    ok, problems = [], []
     for name in wanted:
         try:
             resolve_run(ROOT, name)
         except ValueError as exc:
-            st.error(str(exc))
+            problems.append(("error", str(exc)))
             continue
         if name in names:
             ok.append(name)
         else:
-            st.warning(f"There is no run named {name!r} in {ROOT}.")
-    return ok
+            problems.append(("warning", f"There is no run named {name!r} in {ROOT}."))
+    return ok, problems
 
 
-def show_run_messages(run: RunData) -> None:
-    st_ = run.status
-    if st_.problem:
-        st.warning(f"Run **{run.name}**: {st_.problem}.")
-    if st_.state == C.STATE_FAILED:
-        st.error(f"Run **{run.name}** failed: {st_.reason or 'no reason recorded in status.json'}")
-    elif st_.state == C.STATE_STOPPED:
-        st.warning(f"Run **{run.name}** was stopped: {st_.reason or 'no reason recorded in status.json'}")
-    if not run.has_metrics:
-        st.info(
-            f"Run **{run.name}** has no metrics yet: {C.METRICS_FILE} is missing or holds only its header "
-            "(the run has just started, or stopped before its first logged step)."
-        )
-    for err in run.errors:
-        st.error(f"Run **{run.name}**: {err}")
+def _fmt_best(best: dict) -> tuple[str, str]:
+    value = best.get("value")
+    if not isinstance(value, (int, float)) or best.get("epoch") is None:
+        return "", ""
+    return f"{best.get('metric', '?')} {value:.4f} @ epoch {best['epoch']}", str(best.get("checkpoint") or "")
 
 
-@st.fragment(run_every=None if paused else interval)
-def live() -> None:
+@st.fragment(run_every=RUN_EVERY)
+def runs_part() -> None:
+    """The runs table and the newest values of the selected runs: cheap, so they draw first."""
     if not ROOT.is_dir():
         st.warning(
             f"The runs folder `{ROOT}` does not exist (yet). Start a run with `python -m aline.train`."
@@ -105,49 +119,138 @@ def live() -> None:
     if not names:
         st.info(f"No runs in `{ROOT}` yet. Start one with `python -m aline.train run.dir={ROOT}`.")
         return
-    runs = {name: run_data(name) for name in names}
-    for run in runs.values():
-        run.refresh()
-
-    st.subheader("Runs")
-    rows = [summarize(run) for run in runs.values()]
-    st.dataframe(
-        {
-            "run": [r.name for r in rows],
-            "state": [r.state for r in rows],
-            "started": [r.started for r in rows],
-            "epochs done": [r.epochs for r in rows],
-            "best val AUC": [r.best_auc for r in rows],
-            "note": [r.note for r in rows],
-        },
-        hide_index=True,
-        key="run_table",
-    )
-
+    from_url, problems = url_runs(names)
+    for level, message in problems:
+        getattr(st, level)(message)
     if "selected_runs" not in st.session_state:
-        st.session_state.selected_runs = requested_runs(names) or names[:1]
+        st.session_state.selected_runs = from_url or names[:1]
+    now = time.time()
+    rows = []
+    for name in names:
+        run = run_data(name)
+        run.refresh(tables=False)
+        s, p = summarize(run, now), progress(run, now)
+        best, ckpt = _fmt_best(run.status.best)
+        newest = run.newest_row(C.SPLIT_VAL) or {}
+        rows.append(
+            {
+                "run": name,
+                "state": s.state,
+                "epoch": f"{p.epoch if p.epoch is not None else '–'}/{p.max_epochs or '?'}",
+                "elapsed": human_duration(p.elapsed_s),
+                "ETA": human_duration(p.eta_s),
+                "last update": f"{human_duration(p.last_update_age_s)} ago" if p.last_update_age_s else "",
+                "best": best,
+                "best checkpoint": ckpt,
+                "newest val AUC": newest.get("auc"),
+                "note": s.note,
+            }
+        )
+    st.subheader("Runs")
+    st.dataframe(rows, hide_index=True, key="run_table")
+    selected = [n for n in st.session_state.get("selected_runs", []) if n in names]
+    for name in selected:
+        lines = headlines(run_data(name))
+        if not lines:
+            continue
+        st.caption(f"Newest validation values of **{name}**, as a share of their limits")
+        cols = st.columns(len(lines))
+        for col, (title, value, share) in zip(cols, lines, strict=True):
+            col.metric(title, value, share, delta_color="off", delta_arrow="off")
+
+
+def show_run_messages(run: RunData, diverged: dict[str, list[str]]) -> None:
+    status = run.status
+    state = status.display_state()
+    if status.problem:
+        st.warning(f"Run **{run.name}**: {status.problem}.")
+    if state == C.STATE_FAILED:
+        st.error(f"Run **{run.name}** failed: {status.reason or 'no reason recorded in status.json'}")
+    elif state == C.STATE_STOPPED:
+        st.warning(f"Run **{run.name}** was stopped: {status.reason or 'no reason recorded in status.json'}")
+    elif state == C.STATE_INTERRUPTED:
+        st.warning(
+            f"Run **{run.name}** is interrupted: status.json says running, but its process is gone or its "
+            f"heartbeat is older than {C.HEARTBEAT_STALE_S:.0f} s. Resume it with "
+            f"`python -m aline.train --resume {run.dir}`."
+        )
+    if not run.has_metrics:
+        st.info(
+            f"Run **{run.name}** has no metrics yet: {C.METRICS_FILE} is missing or holds only its header "
+            "(the run has just started, or stopped before its first logged step)."
+        )
+    for err in run.errors:
+        st.error(f"Run **{run.name}**: {err}")
+    if run.name in diverged:
+        st.warning(
+            f"Run **{run.name}** diverged ({'; '.join(diverged[run.name])}); it is drawn but left out of the "
+            "y scale of the others."
+        )
+
+
+def cached_figure(name: str, key: tuple, build):  # -> plotly Figure
+    """The figure for ``key`` (table versions + controls), built only when the key changed."""
+    cache: dict[str, tuple[tuple, object]] = st.session_state.setdefault("figures", {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        cache[name] = (key, build())
+    return cache[name][1]
+
+
+def chart(fig, name: str) -> None:
+    st.plotly_chart(fig, key=f"{name}_chart", config=png_config(fig, name))
+
+
+@st.fragment(run_every=RUN_EVERY)
+def charts_part() -> None:
+    """Controls, selection and every chart of the selected runs, from one snapshot of their files."""
+    names = list_runs(ROOT)
+    if not names:
+        return
+    if "selected_runs" not in st.session_state:
+        st.session_state.selected_runs = url_runs(names)[0] or names[:1]
     else:
-        st.session_state.selected_runs = [n for n in st.session_state.selected_runs if n in runs]
-    selected = [runs[n] for n in st.multiselect("Runs to show", names, key="selected_runs")]
-    for run in selected:
-        show_run_messages(run)
-    plotted = [run for run in selected if run.has_metrics]
+        st.session_state.selected_runs = [n for n in st.session_state.selected_runs if n in names]
+    with st.container(border=True):
+        c1, c2, c3, c4, c5 = st.columns([4, 3, 2, 2, 2])
+        chosen = c1.multiselect("Runs to show", names, key="selected_runs")
+        x_mode = c2.radio("x axis", X_MODES, horizontal=True, key="x_axis")
+        smoothing = c3.slider("Smoothing (debiased EMA)", 0.0, 0.99, 0.6, 0.01, key="smoothing")
+        log_y = c4.toggle("Log scale (loss)", value=False, key="log_y")
+        robust = c5.toggle("Ignore outliers in scaling", value=True, key="robust")
+    runs = [run_data(n) for n in chosen]
+    for run in runs:
+        if not st.session_state.get("pause") or not run.tables_loaded:
+            run.refresh(tables=True)
+    plotted = [run for run in runs if run.has_metrics]
+    versions = tuple((r.name, r.version, tuple(sorted(r.status.oracle.items())), r.columns) for r in plotted)
+    diverged: dict[str, list[str]] = {}
+    figs = []
+    if plotted:
+        loss = cached_figure(
+            "loss", (versions, x_mode, smoothing, log_y, robust),
+            lambda: loss_figure(plotted, x_mode, smoothing, log_y, robust),
+        )  # fmt: skip
+        figs.append(("loss", loss))
+        for head in ("forecast", "posterior", "policy", "optimisation"):
+            fig = cached_figure(
+                head, (versions, x_mode, robust), lambda h=head: head_figure(plotted, h, x_mode, robust)
+            )
+            figs.append((head, fig))
+        for _, fig in figs:
+            for run, why in fig.layout.meta["diverged"].items():
+                diverged.setdefault(run, []).extend(why)
+    for run in runs:
+        show_run_messages(run, diverged)
     if not plotted:
         return
-
-    st.plotly_chart(loss_figure(plotted, x_axis, smoothing, log_y), key="loss_chart")
-    st.plotly_chart(val_metrics_figure(plotted), key="val_chart")
-    st.download_button(
-        "Download metrics of the selected runs (CSV)",
-        data=lambda: metrics_csv_bytes(plotted),
-        file_name="metrics.csv",
-        mime="text/csv",
-        on_click="ignore",
-        key="download_metrics",
-    )
+    for name, fig in figs:
+        chart(fig, name)
 
     st.subheader("Calibration and query hours")
-    detail = runs[st.selectbox("Run", [r.name for r in plotted], key="detail_run")]
+    detail = run_data(st.selectbox("Run", [r.name for r in plotted], key="detail_run"))
+    dkey = (detail.name, detail.version)
+    # The epoch list and the charts below come from the same refresh, so the picker never trails them.
     epochs = detail.calibration_epochs()
     left, right = st.columns(2)
     with left:
@@ -155,20 +258,63 @@ def live() -> None:
             choice = st.selectbox(
                 "Epoch",
                 ["latest", *reversed(epochs)],
-                format_func=lambda e: f"latest ({epochs[-1]})" if e == "latest" else str(e),
+                # A fixed label: one that names the newest epoch is redrawn late by the browser when only
+                # the options change, and then disagrees with the chart for a refresh or two.
+                format_func=lambda e: "latest epoch" if e == "latest" else str(e),
                 key="detail_epoch",
             )
-            epoch = epochs[-1] if choice == "latest" else int(choice)
-            st.plotly_chart(reliability_figure(detail, epoch), key="reliability_chart")
+            epoch = epochs[-1] if choice == "latest" or choice not in epochs else int(choice)
+            chart(
+                cached_figure("rel", (dkey, epoch), lambda: reliability_figure(detail, epoch)), "reliability"
+            )
         else:
             st.info(f"Run **{detail.name}** has no {C.CALIBRATION_FILE} rows yet.")
     with right:
-        if len(detail.topk):
-            heat, bars = topk_figures(detail)
-            st.plotly_chart(heat, key="topk_heatmap")
-            st.plotly_chart(bars, key="topk_bars")
+        if epochs:
+            chart(
+                cached_figure("calib_epochs", dkey, lambda: calibration_epochs_figure(detail)),
+                "calibration_epochs",
+            )
+    if len(detail.topk):
+        heat, bars = cached_figure("topk", dkey, lambda: topk_figures(detail))
+        left, right = st.columns(2)
+        with left:
+            chart(heat, "topk_heatmap")
+        with right:
+            chart(bars, "topk_bars")
+    else:
+        st.info(f"Run **{detail.name}** has no {C.TOPK_FILE} rows yet.")
+
+    st.subheader("Configuration")
+    cfg, problem = detail.config()
+    with st.expander(f"config.yaml of {detail.name}", expanded=False):
+        if cfg is None:
+            st.warning(problem)
         else:
-            st.info(f"Run **{detail.name}** has no {C.TOPK_FILE} rows yet.")
+            st.json(cfg, expanded=2)
+    configs = {r.name: c for r in plotted if (c := r.config()[0]) is not None}
+    if len(configs) >= 2:
+        diff = config_diff(configs)
+        if diff:
+            st.caption("Keys whose values differ between the selected runs")
+            st.dataframe(diff, hide_index=True, key="config_diff")
+        else:
+            st.caption("The selected runs have identical configurations.")
+
+    st.subheader("Export")
+    c1, c2, c3 = st.columns(3)
+    for col, which, label in (
+        (c1, "metrics", "metrics"), (c2, "calibration", "calibration"), (c3, "topk", "top-k hours"),
+    ):  # fmt: skip
+        col.download_button(
+            f"Download {label} of the selected runs (CSV)",
+            data=lambda w=which: table_csv_bytes(plotted, w),
+            file_name=f"{which}.csv",
+            mime="text/csv",
+            on_click="ignore",
+            key=f"download_{which}",
+        )
 
 
-live()
+runs_part()
+charts_part()

@@ -7,6 +7,9 @@ holds with what the file holds, exactly. Nothing here imports the monitor's own 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +17,20 @@ import numpy as np
 
 from aline import contract as C
 
-ORACLE = {"auc": 0.801, "brier": 0.1502, "ece": 0.011, "pr_auc": 0.52, "post_mse_floor": 0.31}
+ORACLE = {
+    "auc": 0.801, "brier": 0.1502, "ece": 0.011, "pr_auc": 0.52, "post_mse_floor": 0.31, "logreg_auc": 0.74,
+    "best_fixed_share": 0.61, "random_share": 0.33, "auc_asked": 0.83, "brier_asked": 0.141,
+}  # fmt: skip
+# The validation columns that the loop helper adds to the contract; written whether or not contract.py
+# already lists them, so the monitor is tested on the header it will meet.
+NEW_VAL_COLUMNS = ("ask_outside_pool", "brier_asked", "auc_asked", "gain_spearman")
+HEADER = C.METRICS_HEADER + tuple(c for c in NEW_VAL_COLUMNS if c not in C.METRICS_HEADER)
+
+
+def utc_iso(seconds: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _cell(value: object) -> str:
@@ -82,6 +98,10 @@ def val_row(rng: np.random.Generator, epoch: int, iteration: int, t0: float = 1.
         "post_mse": float(rng.uniform(0.3, 0.6)),
         "sigma_mae": float(rng.uniform(0.0, 0.2)),
         "policy_value": float(rng.uniform(0.2, 0.9)),
+        "ask_outside_pool": float(rng.uniform(0.0, 0.1)),
+        "brier_asked": float(rng.uniform(0.14, 0.2)),
+        "auc_asked": float(rng.uniform(0.6, 0.85)),
+        "gain_spearman": float(rng.uniform(0.0, 0.9)),
     }
 
 
@@ -102,14 +122,20 @@ def topk_rows(rng: np.random.Generator, epoch: int) -> list[dict[str, object]]:
 
 
 def write_status(run_dir: Path, **fields: object) -> None:
+    """status.json of a live run (this process as the owner, a fresh heartbeat) unless ``fields`` say else."""
+
+    now = time.time()
     status = {
         "state": C.STATE_RUNNING,
-        "pid": 12345,
-        "started": "2026-11-25T20:00:00Z",
-        "updated": "2026-11-25T20:05:00Z",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": utc_iso(now - 600),
+        "updated": utc_iso(now),
+        "heartbeat": utc_iso(now),
         "finished": None,
         "epoch": 0,
         "iteration": 0,
+        "max_epochs": 10,
         "best": {"metric": "auc", "value": None, "epoch": None, "checkpoint": None},
         "oracle": dict(ORACLE),
     }
@@ -131,7 +157,9 @@ def write_run(
     rng = np.random.default_rng(seed)
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    (run_dir / C.CONFIG_FILE).write_text("seed: 0\ntrainer:\n  epochs: 3\n", encoding="utf-8")
+    (run_dir / C.CONFIG_FILE).write_text(
+        f"seed: {seed}\ntrainer:\n  epochs: 10\n  batch_size: 32\noptim:\n  lr: 0.002\n", encoding="utf-8"
+    )
     out = FixtureRun(run_dir)
     it = 0
     for epoch in range(1, epochs + 1):
@@ -141,8 +169,8 @@ def write_run(
         out.val.append(val_row(rng, epoch, it))
         out.calibration.extend(calibration_rows(rng, epoch))
         out.topk.extend(topk_rows(rng, epoch))
-    metrics = [csv_line(C.METRICS_HEADER, r) for r in sorted(out.train + out.val, key=lambda r: r["time"])]
-    (run_dir / C.METRICS_FILE).write_text(",".join(C.METRICS_HEADER) + "\n" + "".join(metrics))
+    metrics = [csv_line(HEADER, r) for r in sorted(out.train + out.val, key=lambda r: r["time"])]
+    (run_dir / C.METRICS_FILE).write_text(",".join(HEADER) + "\n" + "".join(metrics))
     (run_dir / C.CALIBRATION_FILE).write_text(
         ",".join(C.CALIBRATION_HEADER)
         + "\n"
@@ -155,7 +183,7 @@ def write_run(
     write_status(
         run_dir, state=state, epoch=epochs, iteration=it, reason=reason,
         best={"metric": "auc", "value": best_auc, "epoch": epochs, "checkpoint": "checkpoints/best.pt"},
-        finished="2026-11-25T20:30:00Z" if state != C.STATE_RUNNING else None,
+        finished=utc_iso(time.time() - 60) if state != C.STATE_RUNNING else None,
     )  # fmt: skip
     return out
 
@@ -167,7 +195,7 @@ def write_half_run(root: Path, name: str, header_only: bool = True) -> Path:
     (run_dir / C.CONFIG_FILE).write_text("seed: 0\n", encoding="utf-8")
     write_status(run_dir)
     if header_only:
-        (run_dir / C.METRICS_FILE).write_text(",".join(C.METRICS_HEADER) + "\n")
+        (run_dir / C.METRICS_FILE).write_text(",".join(HEADER) + "\n")
     return run_dir
 
 
@@ -185,3 +213,18 @@ def tensorboard_smooth(values: list[float], weight: float) -> list[float]:
         debias = 1.0 if weight == 1 else 1 - weight**n
         out.append(last / debias)
     return out
+
+
+def tiny_real_run(root: Path, epochs: int = 2) -> Path:
+    """A run folder written by the real trainer on a few simulated subjects (about 10 s on 2 cores)."""
+    from aline.config import load_config
+    from aline.simulate import simulate
+    from aline.train import train
+
+    simulate(subjects=20, days=6, seed=5, out_dir=root / "data", progress=False)
+    overrides = [
+        f"data.dir={root / 'data'}", f"run.dir={root / 'runs'}", f"trainer.epochs={epochs}",
+        "trainer.batch_size=32", "trainer.log_every=1", "model.d_model=16", "model.heads=2", "model.layers=1",
+        "model.ff_dim=32", "logging.progress=false",
+    ]  # fmt: skip
+    return train(load_config(None, overrides), announce=lambda _: None).run_dir

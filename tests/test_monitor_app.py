@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from monitor_fixtures import (
+    HEADER,
     ORACLE,
     FixtureRun,
     append_lines,
@@ -95,16 +97,58 @@ def test_loss_chart_controls(one_run, monkeypatch) -> None:
     assert smooth["y"] == raw["y"]  # weight 0 means no smoothing
 
 
-def test_validation_chart_with_oracle_lines(one_run, monkeypatch) -> None:
+# Every head's chart: (chart, column, split, [(reference key in ORACLE or a constant, ...)]).
+HEAD_PANELS = [
+    ("forecast", "auc", C.SPLIT_VAL, ["auc", "logreg_auc"]),
+    ("forecast", "brier", C.SPLIT_VAL, ["brier"]),
+    ("forecast", "ece", C.SPLIT_VAL, ["ece"]),
+    ("forecast", "pr_auc", C.SPLIT_VAL, ["pr_auc"]),
+    ("posterior", "post_mse", C.SPLIT_VAL, ["post_mse_floor"]),
+    ("posterior", "sigma_mae", C.SPLIT_VAL, [0.0]),
+    ("policy", "policy_value", C.SPLIT_VAL, [1.0, "best_fixed_share", "random_share"]),
+    ("policy", "auc_asked", C.SPLIT_VAL, ["auc_asked"]),
+    ("policy", "brier_asked", C.SPLIT_VAL, ["brier_asked"]),
+    ("policy", "ask_outside_pool", C.SPLIT_VAL, [0.0]),
+    ("policy", "gain_spearman", C.SPLIT_VAL, [1.0]),
+    ("optimisation", "lr", C.SPLIT_TRAIN, []),
+    ("optimisation", "grad_norm", C.SPLIT_TRAIN, []),
+]
+
+
+def test_every_head_is_charted_with_its_limits(one_run, monkeypatch) -> None:
     root, fx = one_run
-    fig = figures(start(root, monkeypatch))["val"]
-    for column in ("auc", "brier", "ece"):
-        (line,) = traces(fig, run=RUN_A, column=column, kind="value")
-        assert line["x"] == [float(r["epoch"]) for r in fx.val]
-        assert line["y"] == [r[column] for r in fx.val]
-        (ref,) = traces(fig, column=column, kind="oracle")
-        assert ref["y"] == [ORACLE[column], ORACLE[column]]
-        assert ref["line"]["dash"] == "dash"
+    at = start(root, monkeypatch)
+    at.radio(key="x_axis").set_value("epoch").run()
+    figs = figures(at)
+    for chart, column, split, refs in HEAD_PANELS:
+        rows = fx.val if split == C.SPLIT_VAL else fx.train
+        (line,) = traces(figs[chart], run=RUN_A, column=column, kind="value")
+        if split == C.SPLIT_VAL:
+            assert line["x"] == [float(r["epoch"]) for r in rows]
+            assert line["y"] == [r[column] for r in rows]
+        else:  # by epoch, the train curve is the last (running-average) row of each epoch
+            last = {r["epoch"]: r[column] for r in rows}
+            assert line["x"] == [float(e) for e in last] and line["y"] == list(last.values())
+        got = sorted(t["y"][0] for t in traces(figs[chart], column=column, kind="oracle"))
+        want = sorted(ORACLE[r] if isinstance(r, str) else r for r in refs)
+        assert got == want, (chart, column)
+        for t in traces(figs[chart], column=column, kind="oracle"):
+            assert t["y"][0] == t["y"][1] and t["line"]["dash"] in ("dash", "dot")
+
+
+def test_headline_values_read_as_share_of_their_limit(one_run, monkeypatch) -> None:
+    root, fx = one_run
+    at = start(root, monkeypatch)
+    latest = fx.val[-1]
+    assert any(RUN_A in c for c in texts(at, "caption"))
+    metrics = {m.label: (m.value, m.delta) for m in at.metric}
+    auc_share = 100 * latest["auc"] / ORACLE["auc"]
+    assert metrics["AUC"] == (f"{latest['auc']:.4g}", f"{auc_share:.1f} % of Bayes")
+    brier_share = 100 * ORACLE["brier"] / latest["brier"]  # lower is better: limit / value
+    assert metrics["Brier"] == (f"{latest['brier']:.4g}", f"{brier_share:.1f} % of Bayes")
+    mse_share = 100 * ORACLE["post_mse_floor"] / latest["post_mse"]
+    assert metrics["posterior MSE"][1] == f"{mse_share:.1f} % of floor"
+    assert metrics["policy value"][1] == f"{100 * latest['policy_value']:.1f} % of oracle"
 
 
 def test_reliability_defaults_to_latest_epoch(one_run, monkeypatch) -> None:
@@ -149,7 +193,7 @@ def test_new_rows_appear_on_the_next_refresh(one_run, monkeypatch) -> None:
     at = start(root, monkeypatch)
     rng = np.random.default_rng(99)
     new = [train_row(rng, 4, 16 + i) for i in range(3)]
-    append_lines(root / RUN_A / C.METRICS_FILE, [csv_line(C.METRICS_HEADER, r) for r in new])
+    append_lines(root / RUN_A / C.METRICS_FILE, [csv_line(HEADER, r) for r in new])
     at.run()
     (raw,) = traces(figures(at)["loss"], split=C.SPLIT_TRAIN, column="loss", kind="raw")
     assert raw["y"] == [r["loss"] for r in fx.train + new]
@@ -163,31 +207,56 @@ def test_compare_runs_and_run_table(tmp_path, monkeypatch) -> None:
     table = at.dataframe[0].value
     assert list(table["run"]) == [RUN_A, RUN_B]  # newest first
     assert list(table["state"]) == [C.STATE_RUNNING, C.STATE_FINISHED]
-    assert list(table["epochs done"]) == [3, 3]
-    assert list(table["best val AUC"]) == [max(r["auc"] for r in a.val), max(r["auc"] for r in b.val)]
+    assert list(table["epoch"]) == ["3/10", "3/10"]
+    assert list(table["best"]) == [
+        f"auc {max(r['auc'] for r in a.val):.4f} @ epoch 3",
+        f"auc {max(r['auc'] for r in b.val):.4f} @ epoch 3",
+    ]
+    assert list(table["best checkpoint"]) == ["checkpoints/best.pt"] * 2
+    assert list(table["newest val AUC"]) == [a.val[-1]["auc"], b.val[-1]["auc"]]
+    # Running for 10 min with 3 of 10 epochs done: 7 more epochs at 200 s each. Finished: no ETA.
+    minutes, seconds = map(int, re.fullmatch(r"(\d+) min (\d+) s", table["ETA"][0]).groups())
+    assert 600 / 3 * 7 <= 60 * minutes + seconds <= 660 / 3 * 7 and table["ETA"][1] == ""
     at.multiselect(key="selected_runs").set_value([RUN_A, RUN_B]).run()
     fig = figures(at)["loss"]
     for name, fx in ((RUN_A, a), (RUN_B, b)):
         (raw,) = traces(fig, run=name, split=C.SPLIT_TRAIN, column="loss_bce", kind="raw")
         assert raw["y"] == [r["loss_bce"] for r in fx.train]
-    assert at.get("download_button")
+    assert len(at.get("download_button")) == 3
 
 
-def test_download_holds_the_selected_metrics(one_run) -> None:
+def test_downloads_hold_the_full_tables_with_iso_times_and_whole_epochs(one_run) -> None:
     import io
+    from datetime import UTC, datetime
 
     import pandas as pd
 
-    from aline.runview import RunData, metrics_csv_bytes
+    from aline.runview import RunData, table_csv_bytes
 
     root, fx = one_run
     run = RunData(root, RUN_A)
     run.refresh()
-    got = pd.read_csv(io.BytesIO(metrics_csv_bytes([run])))
+    text = table_csv_bytes([run], "metrics").decode()
+    got = pd.read_csv(io.StringIO(text), dtype={"time": str})
     want = pd.read_csv(root / RUN_A / C.METRICS_FILE)
-    assert list(got.columns) == ["run", *C.METRICS_HEADER]
+    assert list(got.columns) == ["run", *HEADER]
     assert (got["run"] == RUN_A).all()
-    pd.testing.assert_frame_equal(got.drop(columns="run"), want, check_dtype=False)
+    iso = [datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds") for t in want["time"]]
+    assert list(got["time"]) == iso
+    first = text.splitlines()[1].split(",")
+    assert first[2:4] == [str(fx.train[0]["epoch"]), str(fx.train[0]["iteration"])]  # "1", not "1.0"
+    pd.testing.assert_frame_equal(
+        got.drop(columns=["run", "time"]), want.drop(columns="time"), check_dtype=False
+    )
+    for which, name, rows in (
+        ("calibration", C.CALIBRATION_FILE, fx.calibration),
+        ("topk", C.TOPK_FILE, fx.topk),
+    ):
+        got = pd.read_csv(io.BytesIO(table_csv_bytes([run], which)))
+        pd.testing.assert_frame_equal(
+            got.drop(columns="run"), pd.read_csv(root / RUN_A / name), check_dtype=False
+        )
+        assert len(got) == len(rows)
 
 
 def test_empty_runs_folder(tmp_path, monkeypatch) -> None:
@@ -298,7 +367,7 @@ def test_choices_survive_new_epochs_and_new_runs(one_run, monkeypatch) -> None:
     at.run()
     assert not at.exception
     assert at.selectbox(key="detail_epoch").value == 2
-    assert at.selectbox(key="detail_epoch").options[0] == "latest (4)"
+    assert at.selectbox(key="detail_epoch").options[0] == "latest epoch"
     assert at.multiselect(key="selected_runs").value == [RUN_A]
     assert at.multiselect(key="selected_runs").options == ["20261125-230000-newer", RUN_A]
 

@@ -7,26 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
+from monitor_fixtures import tiny_real_run
 from streamlit.testing.v1 import AppTest
 
 from aline import contract as C
-from aline.config import load_config
-from aline.simulate import simulate
-from aline.train import train
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "monitor.py")
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("real")
-    simulate(subjects=20, days=6, seed=5, out_dir=root / "data", progress=False)
-    overrides = [
-        f"data.dir={root / 'data'}", f"run.dir={root / 'runs'}", "trainer.epochs=2", "trainer.batch_size=32",
-        "trainer.log_every=1", "model.d_model=16", "model.heads=2", "model.layers=1", "model.ff_dim=32",
-        "logging.progress=false",
-    ]  # fmt: skip
-    return train(load_config(None, overrides), announce=lambda _: None).run_dir
+    return tiny_real_run(tmp_path_factory.mktemp("real"))
 
 
 def chart(at: AppTest, name: str) -> dict:
@@ -54,17 +45,49 @@ def test_monitor_shows_a_real_trainer_run(real_run: Path, monkeypatch: pytest.Mo
         raw = [t for t in loss["data"] if want_meta.items() <= t["meta"].items()]
         assert raw and raw[0]["y"] == pytest.approx(want)
 
-    val = chart(at, "val")
-    auc, oracle = (
-        [t for t in val["data"] if t["meta"].get("column") == "auc" and t["meta"].get("kind") == kind]
-        for kind in ("value", "oracle")
-    )
-    assert auc[0]["y"] == pytest.approx([float(r["auc"]) for r in rows if r["split"] == C.SPLIT_VAL])
-    assert oracle[0]["y"] and all(y == pytest.approx(status["oracle"]["auc"]) for y in oracle[0]["y"])
+    # Every head's chart holds the file's values for every column the trainer logged, with its limits.
+    at.radio(key="x_axis").set_value("epoch").run()
+    val_rows = [r for r in rows if r["split"] == C.SPLIT_VAL]
+    train_rows = [r for r in rows if r["split"] == C.SPLIT_TRAIN]
+    panels = {
+        "forecast": ["auc", "brier", "ece", "pr_auc"], "posterior": ["post_mse", "sigma_mae"],
+        "policy": ["policy_value", "auc_asked", "brier_asked"], "optimisation": ["lr", "grad_norm"],
+    }  # fmt: skip
+    checked = 0
+    for name, columns in panels.items():
+        fig = chart(at, name)
+        for column in columns:
+            if column not in rows[0]:
+                continue  # a metric this trainer version does not log yet
+            split_rows = (
+                val_rows if column in C.VAL_METRICS or column in ("auc_asked", "brier_asked") else None
+            )
+            if split_rows is None:  # train metric by epoch: the last row of each epoch
+                last = {r["epoch"]: r[column] for r in train_rows}
+                want = [float(v) for v in last.values()]
+            else:
+                want = [float(r[column]) for r in split_rows]
+            (line,) = [
+                t for t in fig["data"] if t["meta"].get("column") == column and t["meta"]["kind"] == "value"
+            ]
+            assert line["y"] == pytest.approx(want), (name, column)
+            checked += 1
+    assert checked >= 9  # 13 once the asking metrics are logged
+    refs = {
+        (t["meta"]["column"], t["meta"]["ref"]): t["y"][0]
+        for name in panels
+        for t in chart(at, name)["data"]
+        if t["meta"].get("kind") == "oracle"
+    }
+    assert refs[("auc", "auc")] == pytest.approx(status["oracle"]["auc"])
+    assert refs[("post_mse", "post_mse_floor")] == pytest.approx(status["oracle"]["post_mse_floor"])
+    assert refs[("policy_value", "oracle")] == 1.0
+    for name in ("reliability", "calibration_epochs", "topk_heatmap"):
+        assert any(t.get("y") for t in chart(at, name)["data"])
 
     with (real_run / C.TOPK_FILE).open(newline="") as fh:
         last = [float(r["frequency"]) for r in csv.DictReader(fh) if r["epoch"] == "2"]
     bars = chart(at, "topk_bars")
     assert bars["data"][0]["y"] == pytest.approx(last)
     table = at.dataframe[0].value
-    assert list(table["state"]) == ["finished"] and list(table["epochs done"]) == [2]
+    assert list(table["state"]) == ["finished"] and list(table["epoch"]) == ["2/2"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_fixtures import append_lines, csv_line, train_row, write_half_run, write_run
+from monitor_fixtures import HEADER, append_lines, csv_line, train_row, write_half_run, write_run
 
 from aline import contract as C
 from aline.runview import RunData, list_runs, read_status, resolve_run, runs_root_from, summarize
@@ -106,7 +106,7 @@ def test_resumed_run_rows_supersede_earlier_ones(tmp_path: Path) -> None:
     fx = write_run(tmp_path, "r", epochs=2, iters_per_epoch=4, seed=6)
     rng = np.random.default_rng(1)
     relogged = [train_row(rng, 2, i) for i in (5, 6, 7, 8)]
-    append_lines(tmp_path / "r" / C.METRICS_FILE, [csv_line(C.METRICS_HEADER, r) for r in relogged])
+    append_lines(tmp_path / "r" / C.METRICS_FILE, [csv_line(HEADER, r) for r in relogged])
     run = RunData(tmp_path, "r")
     run.refresh()
     x, y = run.series(C.SPLIT_TRAIN, "loss")

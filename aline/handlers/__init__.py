@@ -73,6 +73,7 @@ from aline.handlers.status import (
     install_sigterm_handler,
     utc_now,
 )
+from aline.progress import attach_progress
 
 # --- everything, in the right order -----------------------------------------------------------------------
 
@@ -162,9 +163,8 @@ def attach_all(
         cleanup.append(wb.close)
     attach_status(trainer, status, last, cleanup)
     if cfg.logging.progress and _is_writer():
-        from ignite.handlers import ProgressBar
-
-        ProgressBar(persist=False).attach(trainer, metric_names=["loss"])
+        # A bar on a terminal; a plain line every 10 % of an epoch when stderr is a file or a pipe.
+        attach_progress(trainer, ["loss"])
 
     resumed_from = None
     if resume:
