@@ -77,11 +77,13 @@ def install(hook: str) -> None:
 
         handlers.CalibrationCSV.write = write
     elif name == "nan-gradient-at":
-        real = engine_mod.composite_loss
+        # The trainer's step loss: loop_loss since the closed loop, composite_loss before it.
+        loss_name = "loop_loss" if hasattr(engine_mod, "loop_loss") else "composite_loss"
+        real = getattr(engine_mod, loss_name)
         steps = {"n": 0}
 
-        def poisoned(out, batch, *args, **kwargs):
-            parts = real(out, batch, *args, **kwargs)
+        def poisoned(*args, **kwargs):
+            parts = real(*args, **kwargs)
             if torch.is_grad_enabled():  # training steps only; validation runs under no_grad
                 steps["n"] += 1
                 if steps["n"] == int(arg):
@@ -89,7 +91,7 @@ def install(hook: str) -> None:
                     parts.total = parts.total * 1e12
             return parts
 
-        engine_mod.composite_loss = poisoned
+        setattr(engine_mod, loss_name, poisoned)
     else:
         raise SystemExit(f"unknown hook {hook!r}")
 
