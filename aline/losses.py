@@ -173,7 +173,18 @@ def policy_loss(
     log_prob = plackett_luce_log_prob(scores, hours)  # [S, B]
     reward = reward.detach()
     set_reward = reward.expand(samples, *reward.shape).gather(-1, hours).mean(-1)  # [S, B]
+    return -(advantage(set_reward, baseline, "policy_loss") * log_prob).mean(0)
+
+
+def advantage(set_reward: Tensor, baseline: Baseline, who: str = "advantage") -> Tensor:
+    """``set_reward`` [S, B] minus a baseline that does not depend on the draw it is subtracted from (so
+    it adds no bias), detached: ``"loo"`` the mean of the window's other samples, ``"batch_mean"`` the mean
+    of every other sample in the batch, ``"none"`` zero."""
+    set_reward = set_reward.detach()
+    samples = set_reward.shape[0]
     if baseline == "loo":
+        if samples < 2:
+            raise ValueError(f"{who}: baseline 'loo' needs samples >= 2 (policy.samples)")
         base = (set_reward.sum(0, keepdim=True) - set_reward) / (samples - 1)
     elif baseline == "batch_mean":
         n = set_reward.numel()
@@ -181,9 +192,8 @@ def policy_loss(
     elif baseline == "none":
         base = torch.zeros_like(set_reward)
     else:
-        raise ValueError(f"policy_loss: unknown baseline {baseline!r}; choose loo, batch_mean or none")
-    advantage = (set_reward - base).detach()  # [S, B]
-    return -(advantage * log_prob).mean(0)
+        raise ValueError(f"{who}: unknown baseline {baseline!r}; choose loo, batch_mean or none")
+    return set_reward - base  # [S, B]
 
 
 def set_policy_loss(log_prob: Tensor, set_reward: Tensor, baseline: Baseline = "loo") -> Tensor:
@@ -192,20 +202,7 @@ def set_policy_loss(log_prob: Tensor, set_reward: Tensor, baseline: Baseline = "
     ``log_prob`` [S, B] (with gradient) and ``set_reward`` [S, B] (detached here): the same estimator as
     :func:`policy_loss`, for rewards that belong to a whole set (the model's gain after its answers).
     """
-    samples = log_prob.shape[0]
-    set_reward = set_reward.detach()
-    if baseline == "loo":
-        if samples < 2:
-            raise ValueError("set_policy_loss: baseline 'loo' needs samples >= 2 (policy.samples)")
-        base = (set_reward.sum(0, keepdim=True) - set_reward) / (samples - 1)
-    elif baseline == "batch_mean":
-        n = set_reward.numel()
-        base = (set_reward.sum() - set_reward) / max(n - 1, 1)
-    elif baseline == "none":
-        base = torch.zeros_like(set_reward)
-    else:
-        raise ValueError(f"set_policy_loss: unknown baseline {baseline!r}; choose loo, batch_mean or none")
-    return -((set_reward - base) * log_prob).mean(0)
+    return -(advantage(set_reward, baseline, "set_policy_loss") * log_prob).mean(0)
 
 
 def info_gain_reward(
