@@ -26,21 +26,21 @@ from sklearn.metrics import roc_auc_score
 from aline.config import load_config
 from aline.data import Normalizer, WindowDataset, load_splits
 from aline.engine import make_loader
-from aline.losses import composite_loss
+from aline.loop import LoopSpec, loop_eval, loop_loss
 from aline.model import build_model
-from aline.train import build_optimizer, setup_run
+from aline.train import build_optimizer, pool_for, resolve_config, setup_run
 
 
 def bare_loop(cfg, splits, epochs: int) -> float:
-    """Seconds for ``epochs`` epochs of a plain loop: step = forward, loss, backward, clip, AdamW."""
+    """Seconds for ``epochs`` epochs of a plain loop doing the trainer's work: step = the closed loop's
+    loss (both passes), backward, clip, AdamW; validation = forward, the loop's columns, AUC."""
     torch.manual_seed(cfg.seed)
     norm = Normalizer.fit(splits["train"])
-    train_loader = make_loader(
-        WindowDataset(splits["train"], norm), cfg.trainer.batch_size, train=True, seed=0
-    )
-    val_loader = make_loader(
-        WindowDataset(splits["val"], norm), cfg.trainer.eval_batch_size, train=False, seed=0
-    )
+    spec = LoopSpec.from_config(cfg)
+    train_set = WindowDataset(splits["train"], norm, pool=pool_for(cfg, splits["train"]))
+    val_set = WindowDataset(splits["val"], norm, pool=pool_for(cfg, splits["val"]))
+    train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=0)
+    val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=0)
     model = build_model(cfg, len(norm.feature_names))
     model.init_prediction_bias(float(splits["train"].y.mean()))
     optimizer = build_optimizer(cfg, model)
@@ -49,8 +49,7 @@ def bare_loop(cfg, splits, epochs: int) -> float:
         train_loader.sampler.set_epoch(epoch)
         model.train()
         for batch in train_loader:
-            out = model(batch["x"], batch["mask"])
-            loss = composite_loss(out, batch, cfg.loss, cfg.policy).total.mean()
+            loss = loop_loss(model, batch, cfg, spec).total.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -60,6 +59,7 @@ def bare_loop(cfg, splits, epochs: int) -> float:
         with torch.no_grad():
             for batch in val_loader:
                 ps.append(model(batch["x"], batch["mask"]).p_next)
+                loop_eval(model, batch, cfg, spec)
                 ys.append(batch["y"])
         roc_auc_score(torch.cat(ys).numpy(), torch.cat(ps).numpy())
     return time.perf_counter() - start
@@ -87,6 +87,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = load_config(None, [f"trainer.epochs={args.epochs}", *args.overrides])
     splits = load_splits(cfg.data, splits=("train", "val"))
+    cfg = resolve_config(cfg, splits)  # policy.reward=auto and loss.posterior=auto made concrete
     windows = len(splits["train"]) * args.epochs
     logging.getLogger("aline").setLevel(logging.WARNING)  # the per-epoch summary would interleave
     bare_t, ignite_t, ratios = [], [], []
