@@ -235,7 +235,9 @@ class ExactModel:
             _scalars=None if self._scalars is None else self._scalars.take(rows),
         )
 
-    def posterior(self, asked: np.ndarray | None = None, *, want_query_value: bool = False) -> ExactResult:
+    def posterior(
+        self, asked: np.ndarray | None = None, *, want_query_value: bool = False, want_scalars: bool = False
+    ) -> ExactResult:
         return exact_posterior(
             self.resid,
             self.obs,
@@ -247,6 +249,7 @@ class ExactModel:
             asked,
             asked_index=self.asked_index,
             want_query_value=want_query_value,
+            want_scalars=want_scalars,
         )
 
     def scalars(self) -> AnswerScalars:
@@ -257,19 +260,7 @@ class ExactModel:
 
     def base(self) -> ExactResult:
         """Posterior given D0 alone, with the query values and the scalars (one smoother pass)."""
-        res = exact_posterior(
-            self.resid,
-            self.obs,
-            self.answers,
-            self.drive,
-            self.q,
-            self.r,
-            self.params,
-            None,
-            asked_index=self.asked_index,
-            want_query_value=True,
-            want_scalars=True,
-        )
+        res = self.posterior(None, want_query_value=True, want_scalars=True)
         self._scalars = res.scalars
         return res
 

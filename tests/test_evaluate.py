@@ -218,7 +218,10 @@ def test_logreg_matches_an_sklearn_pipeline(evaluated: tuple[Path, evaluate.Eval
     masks = StandardScaler().fit(seen)
 
     def prep(values, seen):
-        return np.hstack([np.nan_to_num((values - mu) / sd, nan=0.0), masks.transform(seen)])
+        # A cell never observed in train (sd 0 or NaN) becomes 0, as in the code under test.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scaled = (values - mu) / sd
+        return np.hstack([np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0), masks.transform(seen)])
 
     clf = LogisticRegression(C=0.05, tol=1e-10, max_iter=10000).fit(prep(values, seen), train.y)
     expected = clf.predict_proba(prep(*design(val)))[:, 1]
