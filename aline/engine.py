@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from aline.config import Config
-from aline.data import keep_batch
+from aline.dataset import keep_batch
 from aline.loop import LoopSpec, loop_eval, loop_loss
 
 Batch = dict[str, torch.Tensor]

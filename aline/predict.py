@@ -33,7 +33,8 @@ from aline import contract
 from aline.asking import forecast_moments, one_answer_gains, pool_mask, pool_topk, reveal
 from aline.config import Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
-from aline.data import DataError, Normalizer, RawSplit, read_split
+from aline.data import DataError, RawSplit, read_split
+from aline.dataset import Normalizer
 from aline.losses import uncertainty_reward
 from aline.model import AlineModel, build_model
 

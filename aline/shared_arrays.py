@@ -4,7 +4,7 @@
 Handing them the arrays would pickle a private copy into every process. Instead the loading process writes
 each array once as a ``.npy`` file in a temporary folder and passes small picklable handles
 (:class:`SharedSplit`); every rank maps the files read-only (``np.load(mmap_mode="r")``), so the pages sit
-once in the page cache and are shared by all ranks. :class:`aline.data.WindowDataset` indexes the maps
+once in the page cache and are shared by all ranks. :class:`aline.dataset.WindowDataset` indexes the maps
 directly and copies only the batch it serves.
 
 The folder is under the system temp folder (``$TMPDIR``, else ``/tmp``) and removed when the run ends.

@@ -29,7 +29,8 @@ from aline import contract
 from aline.asking import pool_mask
 from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
-from aline.data import DataError, Normalizer, RawSplit, WindowDataset, feature_report, load_splits
+from aline.data import DataError, RawSplit, feature_report, load_splits
+from aline.dataset import Normalizer, WindowDataset
 from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
 from aline.handlers import CheckpointError, RunHandlers, install_sigterm_handler
 from aline.loop import resolve_reward

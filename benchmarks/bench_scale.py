@@ -94,7 +94,7 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
     import torch
     from ignite.engine import Events
 
-    from aline.data import Normalizer, WindowDataset
+    from aline.dataset import Normalizer, WindowDataset
     from aline.engine import make_loader, setup_trainer, unwrap
     from aline.model import build_model
     from aline.train import build_optimizer

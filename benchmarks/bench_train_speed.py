@@ -24,7 +24,8 @@ from ignite.engine import Events
 from sklearn.metrics import roc_auc_score
 
 from aline.config import load_config
-from aline.data import Normalizer, WindowDataset, load_splits
+from aline.data import load_splits
+from aline.dataset import Normalizer, WindowDataset
 from aline.engine import make_loader
 from aline.loop import LoopSpec, loop_eval, loop_loss
 from aline.model import build_model

@@ -14,7 +14,8 @@ import yaml
 
 from aline import contract
 from aline.config import DEFAULT_FEATURES, DEFAULT_LATENTS, Config, load_config
-from aline.data import Normalizer, read_split
+from aline.data import read_split
+from aline.dataset import Normalizer
 from aline.model import build_model
 
 HOURS = 24

@@ -20,7 +20,8 @@ from sklearn.preprocessing import StandardScaler
 from aline import contract, evaluate
 from aline import predict as predict_mod
 from aline.config import load_config
-from aline.data import Normalizer, WindowDataset, read_split
+from aline.data import read_split
+from aline.dataset import Normalizer, WindowDataset
 from aline.model import build_model
 
 REQUIRED_TOP = {"auc", "pr_auc", "brier", "ece", "post_mse", "oracle", "policy"}

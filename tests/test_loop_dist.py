@@ -18,7 +18,8 @@ import torch
 from evalhelp import make_frame
 
 from aline.config import load_config
-from aline.data import Normalizer, WindowDataset, read_split
+from aline.data import read_split
+from aline.dataset import Normalizer, WindowDataset
 from aline.engine import make_loader, setup_evaluator
 from aline.metrics import attach_validation_metrics
 from aline.model import build_model

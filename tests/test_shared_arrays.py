@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from aline.config import DataConfig
-from aline.data import Normalizer, WindowDataset, load_splits
+from aline.data import load_splits
+from aline.dataset import Normalizer, WindowDataset
 from aline.shared_arrays import SharedSplit, open_splits, shared_splits
 from aline.simulate import simulate
 

@@ -19,7 +19,8 @@ from sklearn.metrics import roc_auc_score
 import aline.train as train_mod
 from aline import contract
 from aline.config import load_config
-from aline.data import Normalizer, WindowDataset, read_split
+from aline.data import read_split
+from aline.dataset import Normalizer, WindowDataset
 from aline.model import build_model
 from aline.simulate import simulate
 
