@@ -135,6 +135,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def state_mismatch(err: RuntimeError) -> str:
+    """The informative lines of torch's ``load_state_dict`` error (missing, unexpected, mis-sized keys)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[1:4] or lines[:1])
+
+
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
@@ -407,10 +413,9 @@ def load(
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise RunError(
             f"{ckpt}: its weights do not fit the model that {run_dir / contract.CONFIG_FILE} describes: "
-            + " ".join(lines[1:4] or lines[:1])
+            + state_mismatch(err)
         ) from None
     size = batch_size if batch_size is not None else cfg.trainer.eval_batch_size
     return Predictor(cfg, model, normalizer, checkpoint=ckpt, run_dir=run_dir, batch_size=size, device=device)

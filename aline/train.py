@@ -154,7 +154,7 @@ def load_init(cfg: Config) -> InitFrom | None:
     same order, and weights of the model this config builds. Raises ConfigError naming the difference."""
     if cfg.trainer.init_from is None:
         return None
-    from aline.predict import RunError, find_checkpoint, load_state_dict
+    from aline.predict import RunError, find_checkpoint, load_state_dict, state_mismatch
 
     run_dir = Path(cfg.trainer.init_from)
     where = f"--init-from {run_dir}"
@@ -182,10 +182,9 @@ def load_init(cfg: Config) -> InitFrom | None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise ConfigError(
             f"{where}: its weights ({checkpoint.name}) do not fit the model this config describes (model.*, "
-            f"data.columns.latents): " + " ".join(lines[1:4] or lines[:1])
+            f"data.columns.latents): " + state_mismatch(err)
         ) from None
     return InitFrom(run_dir, checkpoint, normalizer, state)
 
