@@ -134,6 +134,18 @@ def xy(run: RunData, split: str, column: str, x_mode: str) -> tuple[np.ndarray, 
     return xs, ys
 
 
+def _series(
+    run: RunData, split: str, column: str, x_mode: str, flagged: dict[str, list[str]], tag: str
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One series and whether it may set the y scale; a diverged one is recorded in ``flagged`` under
+    ``tag`` and kept out of the scale, so it cannot flatten the other runs."""
+    xs, ys = xy(run, split, column, x_mode)
+    why = diverged(ys) if ys.size else None
+    if why:
+        flagged.setdefault(run.name, []).append(f"{tag} {why}")
+    return xs, ys, not why
+
+
 def _finish_axes(layout: dict, x_mode: str, x_values: list[np.ndarray], n_panels: int) -> None:
     finite = [v[np.isfinite(v)] for v in x_values]
     finite = [v for v in finite if v.size]
@@ -188,14 +200,11 @@ def panels_figure(
         ref_values: list[float] = []
         x_panel: list[np.ndarray] = []
         for r, run in enumerate(runs):
-            xs, ys = xy(run, panel.split, panel.column, x_mode)
+            xs, ys, scaled = _series(run, panel.split, panel.column, x_mode, flagged, panel.column)
             if ys.size == 0:
                 continue
             x_panel.append(xs)
-            why = diverged(ys)
-            if why:
-                flagged.setdefault(run.name, []).append(f"{panel.column} {why}")
-            else:
+            if scaled:
                 scale_y.append(ys)
             dx, dy = downsample(xs, ys)
             many = panel.split == C.SPLIT_TRAIN and dx.size > 1
@@ -307,14 +316,11 @@ def loss_figure(
     for r, run in enumerate(runs):
         for split, dash in ((C.SPLIT_TRAIN, "solid"), (C.SPLIT_VAL, "dot")):
             for p, column in enumerate(C.LOSS_COLUMNS):
-                xs, ys = xy(run, split, column, x_mode)
+                xs, ys, scaled = _series(run, split, column, x_mode, flagged, f"{split} {column}")
                 if xs.size == 0:
                     continue
                 x_all.append(xs)
-                why = diverged(ys)
-                if why:
-                    flagged.setdefault(run.name, []).append(f"{split} {column} {why}")
-                else:
+                if scaled:
                     scale[p].append(ys)
                 smooth = debiased_ema(ys, smoothing)  # [m]
                 name = label(f"{run.name} · {split}")
