@@ -140,6 +140,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
+    encoder: Literal["gru", "transformer"] = "gru"
     d_model: int = Field(128, ge=4, le=4096)
     heads: int = Field(4, ge=1, le=64)
     layers: int = Field(2, ge=1, le=48)
@@ -147,9 +148,11 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelConfig:
-        if self.d_model % self.heads:
+    def _width_fits_encoder(self) -> ModelConfig:
+        if self.encoder == "transformer" and self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.encoder == "gru" and self.d_model % 2:
+            raise ValueError(f"d_model ({self.d_model}) must be even: each GRU direction gets half")
         return self
 
 
@@ -183,7 +186,7 @@ class SchedConfig(_Section):
 class TrainerConfig(_Section):
     # A run folder whose weights and normaliser start this run (fine-tuning); its features must match.
     init_from: str | None = None
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(256, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     log_every: int = Field(20, ge=1)
@@ -217,7 +220,7 @@ class PolicyConfig(_Section):
     # An hour is askable when its asked-feature cell is empty and every feature listed here is 0.
     unaskable_when: list[str] = Field(default_factory=lambda: list(DEFAULT_UNASKABLE_WHEN))
     random_reveal: float = Field(0.5, ge=0.0, le=1.0)
-    gain_windows: int = Field(512, ge=0)
+    gain_windows: int = Field(128, ge=0)
 
     @model_validator(mode="after")
     def _loo_needs_two_samples(self) -> PolicyConfig:

@@ -83,7 +83,9 @@ def test_all_problems_are_reported_at_once() -> None:
 
 
 def test_cross_field_checks() -> None:
-    assert "divisible" in _problems(["model.d_model=30", "model.heads=4"])
+    assert "divisible" in _problems(["model.encoder=transformer", "model.d_model=30", "model.heads=4"])
+    assert "must be even" in _problems(["model.d_model=31"])
+    assert load_config(None, ["model.d_model=30", "model.heads=4"]).model.d_model == 30  # gru: no heads
     assert "unknown metric 'acc'" in _problems(["checkpoint.metric=acc"])
     assert "samples >= 2" in _problems(["policy.samples=1"])
     assert load_config(None, ["policy.samples=1", "policy.baseline=batch_mean"]).policy.samples == 1

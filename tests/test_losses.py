@@ -293,13 +293,17 @@ def test_policy_loss_learns_the_best_hours_of_each_window() -> None:
     assert hit.mean() >= 0.95, f"top-k equals the best hours on only {hit.mean():.1%} of windows"
 
 
-def test_model_policy_head_learns_reward_that_depends_on_the_hour() -> None:
+@pytest.mark.parametrize("encoder", ["gru", "transformer"])
+def test_model_policy_head_learns_reward_that_depends_on_the_hour(encoder: str) -> None:
     # Through the real model with the default stop-gradient: only the policy head trains.
     torch.manual_seed(1)
-    model = AlineModel(3, 2, d_model=32, heads=2, layers=1, ff_dim=32)
+    model = AlineModel(3, 2, encoder=encoder, d_model=32, heads=2, layers=1, ff_dim=32)
     opt = torch.optim.Adam(model.policy_head.parameters(), lr=1e-2)
-    per_hour = torch.rand(24)  # the known reward of each hour, same every day
-    best = set(per_hour.topk(3).indices.tolist())
+    # The known reward of each hour, same every day; three hours stand clearly above the rest (with
+    # near-ties, REINFORCE can settle on a near-best set, which is not what this test is about).
+    per_hour = 0.5 * torch.rand(24, generator=torch.Generator().manual_seed(5))
+    per_hour[[4, 13, 20]] = 1.0
+    best = {4, 13, 20}
     gen = _gen(10)
     for _ in range(300):
         x = torch.randn(64, 24, 3)
@@ -310,7 +314,7 @@ def test_model_policy_head_learns_reward_that_depends_on_the_hour() -> None:
         opt.step()
     with torch.no_grad():
         x = torch.randn(256, 24, 3)
-        picked = select_topk_hours(model(x, torch.zeros_like(x)).scores, 3)
+        picked = select_topk_hours(model(x, (torch.rand(256, 24, 3) < 0.2).float()).scores, 3)
     hit = np.mean([set(row) == best for row in picked.tolist()])
     assert hit >= 0.95, f"top-k equals the best hours on only {hit:.1%} of windows"
 
@@ -421,12 +425,12 @@ def _grads(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, float]:
     return out
 
 
-ENCODER = ("input_proj", "hour_embedding", "encoder", "final_norm")
+ENCODER = ("input_proj", "encoder", "final_norm")
 
 
 def _setup(**kw: bool) -> tuple[AlineModel, object, dict[str, torch.Tensor]]:
     torch.manual_seed(4)
-    model = AlineModel(5, 4, d_model=16, heads=2, layers=1, ff_dim=16, **kw)
+    model = AlineModel(5, 4, d_model=16, heads=2, layers=1, ff_dim=16, **kw)  # the default gru encoder
     x = torch.randn(8, 24, 5)
     out = model(x, (torch.rand(8, 24, 5) < 0.3).float())
     return model, out, _batch()

@@ -70,15 +70,20 @@ def test_init_prediction_bias_sets_the_logit_of_the_base_rate() -> None:
             model.init_prediction_bias(bad)
 
 
-def test_hour_index_is_a_buffer_and_hours_are_told_apart() -> None:
-    model = _model()
+@pytest.mark.parametrize("encoder", ["gru", "transformer"])
+def test_constant_buffers_stay_out_of_checkpoints_and_hours_are_told_apart(encoder: str) -> None:
+    model = _model(encoder=encoder)
     buffers = dict(model.named_buffers())
-    assert torch.equal(buffers["hour_index"], torch.arange(24))
-    assert "hour_index" not in model.state_dict()  # a constant: checkpoints need not carry it
-    # identical inputs at every hour still give different outputs per hour: the hour embedding is used
+    assert torch.equal(buffers["hour_onehot"], torch.eye(24))
+    if encoder == "transformer":
+        assert torch.equal(buffers["hour_index"], torch.arange(24))
+    assert not set(buffers) & set(model.state_dict())  # constants: checkpoints need not carry them
+    # identical inputs at every hour still give different outputs per hour (the GRU by its order, the
+    # transformer by its hour embedding), and the policy sees the hour too
     x = torch.ones(2, 24, 5)
     out = model(x, torch.zeros_like(x))
     assert out.mu_z[0].std(0).min() > 0
+    assert out.scores[0].std() > 0
 
 
 def test_windows_are_independent_and_order_of_the_batch_does_not_matter() -> None:
@@ -93,7 +98,7 @@ def test_windows_are_independent_and_order_of_the_batch_does_not_matter() -> Non
 
 def test_fast_inference_path_agrees_with_the_training_path() -> None:
     # nn.TransformerEncoder switches to a fused kernel under inference_mode in eval(): same numbers.
-    model = _model()
+    model = _model(encoder="transformer")
     x, mask = _inputs(b=32)
     slow = model(x, mask)
     model.eval()
@@ -125,13 +130,18 @@ def test_bad_input_shapes_name_the_problem() -> None:
     with pytest.raises(ValueError, match="input mask"):
         model(x, mask[:, :, :4])
     with pytest.raises(ValueError, match="divisible"):
-        AlineModel(5, 4, d_model=10, heads=4)
+        AlineModel(5, 4, encoder="transformer", d_model=10, heads=4)
+    with pytest.raises(ValueError, match="even"):
+        AlineModel(5, 4, encoder="gru", d_model=11)
+    with pytest.raises(ValueError, match="gru or transformer"):
+        AlineModel(5, 4, encoder="lstm")
 
 
 def test_build_model_follows_the_config() -> None:
     cfg = load_config(
         None,
         [
+            "model.encoder=transformer",
             "model.d_model=32",
             "model.heads=8",
             "model.layers=3",
@@ -150,6 +160,16 @@ def test_build_model_follows_the_config() -> None:
     assert model.detach_prediction is False and model.detach_policy is True
     x = torch.randn(3, 24, 7)
     assert model(x, torch.zeros_like(x)).mu_z.shape == (3, 24, 2)
+
+
+def test_build_model_follows_the_config_for_the_gru() -> None:
+    cfg = load_config(None, ["model.d_model=32", "model.layers=3", "model.dropout=0.1"])
+    model = build_model(cfg, n_features=7)
+    gru = model.encoder
+    assert isinstance(gru, torch.nn.GRU) and gru.bidirectional and gru.batch_first
+    assert (gru.input_size, gru.hidden_size, gru.num_layers, gru.dropout) == (32, 16, 3, 0.1)
+    x = torch.randn(3, 24, 7)
+    assert model(x, torch.zeros_like(x)).mu_z.shape == (3, 24, 4)
 
     default = build_model(Config(), n_features=13)
     assert default.detach_prediction and default.detach_policy
