@@ -215,8 +215,8 @@ def test_info_gain_learns_to_ask_the_reliable_hours(one_torch_thread):
         opt.step()
     after = policy_value()
     # Random pool hours get (0.25 * 0.96 + 0.75 * 0.2) / 0.96 = 0.41 of the oracle; reliable ones all of it.
-    assert before < 0.6
-    assert after > 0.85, (before, after)
+    # (The untrained policy head already sees the reliability input, so it may start above random.)
+    assert after > 0.85 and after > before + 0.1, (before, after)
     model.eval()
     res = loop_eval(model, {**val, "index": torch.arange(400)}, cfg, spec)
     rho = res["gain_rho"][torch.isfinite(res["gain_rho"])]
