@@ -196,11 +196,11 @@ PosteriorLoss = Literal["auto", "mse", "nll", "none"]
 
 
 class LossConfig(_Section):
-    # auto: mse (with the posterior-std columns as sigma target) when the CSV has them, Gaussian NLL when
-    # it has latents but no posterior std, none when it has no latents (labels only). The trainer writes
-    # the resolved choice into the run's config.yaml.
+    # auto: mse (with the posterior-std columns as sigma target) when the CSV has them, nll (MSE of the
+    # mean + Gaussian NLL of sigma) when it has latents but no posterior std, none when it has no latents
+    # (labels only). The trainer writes the resolved choice into the run's config.yaml.
     posterior: PosteriorLoss = "auto"
-    lam: float = Field(1.0, ge=0.0, description="λ: weight of MSE(sigma_z, σ*) inside L_post (mse only)")
+    lam: float = Field(1.0, ge=0.0, description="λ: weight of the sigma term inside L_post")
     alpha: float = Field(0.1, ge=0.0, description="α: weight of the policy loss")
     beta: float = Field(1.0, ge=0.0, description="β: weight of the next-day BCE")
     sigma_target: Literal["posterior", "constant"] = "posterior"

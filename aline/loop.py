@@ -30,10 +30,10 @@ from aline.losses import (
     LossParts,
     bce_loss,
     info_gain_reward,
+    posterior_nll,
     posterior_of,
     resolve_posterior,
     set_policy_loss,
-    sigma_nll,
     uncertainty_reward,
 )
 
@@ -115,8 +115,7 @@ def loop_loss(model: torch.nn.Module, batch: Batch, cfg: Config, spec: LoopSpec)
     if answers:
         if z is not None and resolve_posterior(cfg.loss, True, "sigma" in batch) != "none":
             # No column holds the exact std after answers: sigma learns from the NLL (mean from the MSE).
-            mse1 = (mu[b:] - z).square().flatten(1).mean(1)
-            post = post + mse1 + cfg.loss.lam * sigma_nll(mu[b:], sigma[b:], z)
+            post = post + posterior_nll(mu[b:], sigma[b:], z, cfg.loss.lam)
         bce = 0.5 * (bce + bce_loss(logit[b:], y))
     log_prob = asking.pool_log_prob(scores, pool, hours, valid)  # [S, B]
     policy = set_policy_loss(log_prob, set_reward, pol.baseline)

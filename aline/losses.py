@@ -61,22 +61,6 @@ def posterior_loss(
     return mse_mu + lam * mse_sigma
 
 
-def gaussian_nll(mu_z: Tensor, sigma_z: Tensor, z: Tensor) -> Tensor:
-    """Gaussian negative log-likelihood of ``z`` under N(mu_z, sigma_z²), per window ``[B]``: the mean over
-    hours and latents of ``0.5·((z − mu)/sigma)² + log sigma`` (the constant 0.5·log 2π left out).
-
-    It needs no sigma target: its minimiser over sigma is the spread of z around mu, so sigma is
-    calibrated by the data alone (ALINE's own inference loss). Inputs ``[B, T, Z]``.
-    """
-    if mu_z.shape != z.shape or sigma_z.shape != z.shape:
-        raise ValueError(
-            f"gaussian_nll: mu_z {list(mu_z.shape)}, sigma_z {list(sigma_z.shape)} and "
-            f"z {list(z.shape)} must have the same [B, T, Z] shape"
-        )
-    nll = 0.5 * ((z - mu_z) / sigma_z).square() + sigma_z.log()  # [B, T, Z]
-    return nll.flatten(1).mean(1)
-
-
 def sigma_nll(mu_z: Tensor, sigma_z: Tensor, z: Tensor) -> Tensor:
     """Gaussian NLL of the truth under ``N(mu_z, sigma_z)`` as a loss on sigma alone (mean detached), per
     window ``[B]``, up to the constant ``log sqrt(2 pi)``.
@@ -87,6 +71,18 @@ def sigma_nll(mu_z: Tensor, sigma_z: Tensor, z: Tensor) -> Tensor:
     """
     err = (z - mu_z.detach()).square()  # [B, T, Z]
     return (sigma_z.log() + err / (2.0 * sigma_z.square())).flatten(1).mean(1)
+
+
+def posterior_nll(mu_z: Tensor, sigma_z: Tensor, z: Tensor, lam: float) -> Tensor:
+    """``MSE(mu_z, z) + lam · sigma_nll`` per window ``[B]``: the posterior loss that needs no sigma target.
+
+    The full Gaussian NLL has the same minimisers (mu = E[z | input], sigma^2 = E[(z - mu)^2 | input]) but
+    scales the mean's gradient by 1/sigma^2, which slows the mean where the model is unsure (Seitzer et al.
+    2022, "On the pitfalls of heteroscedastic uncertainty estimation"). Here the mean learns from the MSE
+    exactly as with a sigma target, and sigma from the NLL with the mean held fixed. ``[B, T, Z]`` inputs.
+    """
+    mse_mu = (mu_z - z).square().flatten(1).mean(1)  # [B]
+    return mse_mu + lam * sigma_nll(mu_z, sigma_z, z)
 
 
 def bce_loss(logit_next: Tensor, y: Tensor) -> Tensor:
@@ -295,7 +291,7 @@ def posterior_of(mu_z: Tensor, sigma_z: Tensor, batch: dict[str, Tensor], loss_c
         return mu_z.new_zeros(mu_z.shape[0])
     z = _require(batch, "z", f"loss.posterior={choice}")
     if choice == "nll":
-        return gaussian_nll(mu_z, sigma_z, z)
+        return posterior_nll(mu_z, sigma_z, z, loss_cfg.lam)
     if loss_cfg.sigma_target == "posterior":
         sigma_target: Tensor | float = _require(batch, "sigma", "loss.sigma_target=posterior")
     else:

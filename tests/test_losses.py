@@ -14,11 +14,11 @@ from aline.contract import LOSS_COLUMNS
 from aline.losses import (
     bce_loss,
     composite_loss,
-    gaussian_nll,
     gumbel_topk,
     plackett_luce_log_prob,
     policy_loss,
     posterior_loss,
+    posterior_nll,
     query_value_reward,
     select_topk_hours,
     uncertainty_reward,
@@ -380,10 +380,12 @@ def test_composite_loss_reward_and_sigma_target_switches() -> None:
     mse = Config.model_validate({"loss": {"posterior": "mse"}})
     with pytest.raises(KeyError, match="sigma"):
         composite_loss(out, batch, mse.loss, mse.policy)
-    # auto without sigma targets: the Gaussian NLL, whose reference here is scipy's log-density.
+    # auto without sigma targets: MSE of the mean + lam * Gaussian NLL of sigma; the NLL's reference here
+    # is scipy's log-density.
     parts = composite_loss(out, batch, default.loss, default.policy)
     mu, sd, z = (t.detach().double().numpy() for t in (out.mu_z, out.sigma_z, batch["z"]))
-    ref = -(stats.norm.logpdf(z, mu, sd) + 0.5 * np.log(2 * np.pi)).reshape(8, -1).mean(1)
+    nll = -(stats.norm.logpdf(z, mu, sd) + 0.5 * np.log(2 * np.pi))
+    ref = (((z - mu) ** 2) + default.loss.lam * nll).reshape(8, -1).mean(1)
     np.testing.assert_allclose(parts.post.detach().double().numpy(), ref, rtol=1e-5)
     # Without latent targets there is no posterior loss (labels only).
     del batch["z"]
@@ -391,23 +393,28 @@ def test_composite_loss_reward_and_sigma_target_switches() -> None:
     assert torch.equal(parts.post, torch.zeros(8))
 
 
-def test_gaussian_nll_matches_scipy_and_is_minimised_by_the_true_spread() -> None:
+def test_posterior_nll_matches_scipy_and_is_minimised_by_the_mean_and_the_true_spread() -> None:
     rng = np.random.default_rng(0)
     mu = rng.normal(size=(5, 24, 3))
     sd = rng.uniform(0.2, 2.0, size=(5, 24, 3))
     z = rng.normal(size=(5, 24, 3))
-    got = gaussian_nll(*(torch.tensor(a) for a in (mu, sd, z)))
-    ref = -(stats.norm.logpdf(z, mu, sd) + 0.5 * np.log(2 * np.pi)).reshape(5, -1).mean(1)
+    got = posterior_nll(*(torch.tensor(a) for a in (mu, sd, z)), lam=0.5)
+    nll = -(stats.norm.logpdf(z, mu, sd) + 0.5 * np.log(2 * np.pi))
+    ref = ((z - mu) ** 2 + 0.5 * nll).reshape(5, -1).mean(1)
     assert got.shape == (5,)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12)
+    # The mean's gradient is the MSE's, whatever sigma says (the full NLL would scale it by 1/sigma^2).
+    mu_t = torch.tensor(mu, requires_grad=True)
+    posterior_nll(mu_t, torch.tensor(sd), torch.tensor(z), lam=1.0).sum().backward()
+    np.testing.assert_allclose(mu_t.grad.numpy(), 2 * (mu - z) / (24 * 3), rtol=1e-12)
     # Its minimiser over one shared sigma is the root-mean-square error (closed form), with no target.
     err = torch.tensor(rng.normal(0.0, 0.7, size=(1, 2000, 1)))
     sigmas = torch.linspace(0.3, 1.5, 1201, dtype=torch.float64)
-    values = torch.stack([gaussian_nll(torch.zeros_like(err), torch.full_like(err, s), err) for s in sigmas])
+    values = torch.stack(
+        [posterior_nll(torch.zeros_like(err), torch.full_like(err, s), err, 1.0) for s in sigmas]
+    )
     best = float(sigmas[values.squeeze(1).argmin()])
     assert abs(best - float(err.square().mean().sqrt())) < 1.5e-3
-    with pytest.raises(ValueError, match="same"):
-        gaussian_nll(torch.zeros(2, 24, 3), torch.ones(2, 24, 2), torch.zeros(2, 24, 3))
 
 
 # --- gradient flow -----------------------------------------------------------------------------------
