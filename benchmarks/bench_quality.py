@@ -44,34 +44,44 @@ def best_val_row(run: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if v and k != "split"}
 
 
-def meets_targets(row: dict[str, str], ref: dict) -> bool:
+def target_ratios(row: dict[str, str], ref: dict) -> dict[str, float]:
+    """The validation row's figures in the units of TTQ_TARGETS (ratios to the oracle references)."""
     try:
-        return (
-            float(row["auc"]) >= TTQ_TARGETS["auc"] * ref["oracle"]["auc"]
-            and float(row["brier"]) <= TTQ_TARGETS["brier"] * ref["oracle"]["brier"]
-            and float(row["post_mse"]) <= TTQ_TARGETS["post_mse"] * ref["post_var_floor"]
-            and float(row["policy_value"]) >= TTQ_TARGETS["policy_value"]
-        )
+        return {
+            "auc": float(row["auc"]) / ref["oracle"]["auc"],
+            "brier": float(row["brier"]) / ref["oracle"]["brier"],
+            "post_mse": float(row["post_mse"]) / ref["post_var_floor"],
+            "policy_value": float(row["policy_value"]),
+        }
     except (KeyError, ValueError):  # a metric missing from the row
-        return False
+        return {}
+
+
+def met(name: str, value: float) -> bool:
+    goal = TTQ_TARGETS[name]
+    return value >= goal if name in ("auc", "policy_value") else value <= goal
 
 
 def time_to_quality(run: Path, ref: dict, launched: float) -> dict[str, float]:
     """Seconds from the process launch (and from status.json "started") to the first validation row
-    meeting every target; inf when none does."""
+    meeting every target ("from_launch", "from_started", "epoch"; inf and nan when none does), and to the
+    first row meeting each target on its own ("first_<target>", from launch)."""
     started = json.loads((run / "status.json").read_text())["started"]
     started_unix = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
     with (run / "metrics.csv").open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "val"]
+    out = {"from_launch": math.inf, "from_started": math.inf, "epoch": math.nan}
+    out |= {f"first_{name}": math.inf for name in TTQ_TARGETS}
     for row in rows:
-        if meets_targets(row, ref):
-            t = float(row["time"])
-            return {
-                "from_launch": t - launched,
-                "from_started": t - started_unix,
-                "epoch": float(row["epoch"]),
-            }
-    return {"from_launch": math.inf, "from_started": math.inf, "epoch": math.nan}
+        ratios = target_ratios(row, ref)
+        t = float(row["time"])
+        for name, value in ratios.items():
+            if met(name, value) and math.isinf(out[f"first_{name}"]):
+                out[f"first_{name}"] = t - launched
+        if ratios and all(met(n, v) for n, v in ratios.items()) and math.isinf(out["from_launch"]):
+            out |= {"from_launch": t - launched, "from_started": t - started_unix}
+            out["epoch"] = float(row["epoch"])
+    return out
 
 
 def run_once(reward: str, overrides: list[str], runs: Path, name: str) -> tuple[Path, float, float]:
@@ -137,6 +147,8 @@ def main() -> int:
                 f"   time to quality: {_fmt_s(reached['from_launch'])} from launch "
                 f"({_fmt_s(reached['from_started'])} from status.json started; epoch {reached['epoch']:g})"
             )
+            each = ", ".join(f"{n} {_fmt_s(reached[f'first_{n}'])}" for n in TTQ_TARGETS)
+            print(f"   each target first met (from launch): {each}")
             print(
                 f"   val auc {row['auc']:.4f} (Bayes {ref['oracle']['auc']:.4f}, "
                 f"logreg {ref['logreg_auc']:.4f})"
