@@ -17,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from aline.config import Config
 from aline.dataset import keep_batch
-from aline.loop import LoopSpec, loop_eval, loop_loss
+from aline.loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
 
 Batch = dict[str, torch.Tensor]
 
@@ -89,8 +89,7 @@ def setup_evaluator(cfg: Config, model: torch.nn.Module, device: torch.device) -
     def step(engine: Engine, batch: Batch) -> dict[str, torch.Tensor]:
         model.eval()
         batch = _to(batch, device)
-        parts = loop_loss(model, batch, cfg, spec)
-        out = unwrap(model)(batch["x"], batch["mask"])
+        parts, out = loop_loss_with_first(model, batch, cfg, spec)  # out: the day as logged (D0)
         result: dict[str, torch.Tensor] = {
             "index": batch["index"],
             "p": out.p_next,
@@ -105,7 +104,7 @@ def setup_evaluator(cfg: Config, model: torch.nn.Module, device: torch.device) -
         result["post_sq_err"] = nan if z is None else (out.mu_z - z).pow(2).mean(dim=(1, 2))
         sigma = batch.get("sigma")
         result["sigma_abs_err"] = nan if sigma is None else (out.sigma_z - sigma).abs().mean(dim=(1, 2))
-        result.update(loop_eval(model, batch, cfg, spec))
+        result.update(loop_eval(model, batch, cfg, spec, out0=out))
         return {name: t.detach().cpu() for name, t in result.items()}
 
     evaluator = Engine(step)

@@ -36,11 +36,12 @@ from aline.losses import (
     set_policy_loss,
     uncertainty_reward,
 )
+from aline.model import AlineOutput
 
 Batch = dict[str, Tensor]
 REWARDS = ("query_value", "info_gain", "uncertainty")
 
-__all__ = ["REWARDS", "LoopSpec", "loop_loss", "loop_eval", "resolve_reward"]
+__all__ = ["REWARDS", "LoopSpec", "loop_loss", "loop_loss_with_first", "loop_eval", "resolve_reward"]
 
 
 def resolve_reward(reward: str, *, has_query_value: bool, has_answers: bool) -> str:
@@ -82,6 +83,14 @@ def _bare(model: torch.nn.Module) -> torch.nn.Module:
 
 def loop_loss(model: torch.nn.Module, batch: Batch, cfg: Config, spec: LoopSpec) -> LossParts:
     """The training loss of one batch through the closed loop (see the module docstring)."""
+    return loop_loss_with_first(model, batch, cfg, spec)[0]
+
+
+def loop_loss_with_first(
+    model: torch.nn.Module, batch: Batch, cfg: Config, spec: LoopSpec
+) -> tuple[LossParts, AlineOutput]:
+    """:func:`loop_loss` and its first, no-grad pass over the day as logged (D0), which validation reuses
+    for the forecast and :func:`loop_eval` instead of reading the day again."""
     pol = cfg.policy
     x, mask, y = batch["x"], batch["mask"], batch["y"]
     z = batch.get("z")  # [B, T, Z]; absent when training on labels alone
@@ -120,7 +129,7 @@ def loop_loss(model: torch.nn.Module, batch: Batch, cfg: Config, spec: LoopSpec)
     log_prob = asking.pool_log_prob(scores, pool, hours, valid)  # [S, B]
     policy = set_policy_loss(log_prob, set_reward, pol.baseline)
     total = post + cfg.loss.alpha * policy + cfg.loss.beta * bce
-    return LossParts(total=total, post=post, policy=policy, bce=bce)
+    return LossParts(total=total, post=post, policy=policy, bce=bce), out_ng
 
 
 def _set_reward(
@@ -166,20 +175,22 @@ def asking_uncertainty(out) -> Tensor:
 
 @torch.no_grad()
 def loop_eval(
-    model: torch.nn.Module, batch: Batch, cfg: Config, spec: LoopSpec, loss_parts: LossParts | None = None
+    model: torch.nn.Module, batch: Batch, cfg: Config, spec: LoopSpec, out0: AlineOutput | None = None
 ) -> dict[str, Tensor]:
     """The validation pass's loop columns, per window (see :mod:`aline.metrics` for the contract).
 
     ``asked`` [B, T] (the policy's top-k pool hours), ``pool`` [B, T], ``policy_qv``/``best_qv`` [B],
     ``p_asked`` [B] (p_next after those answers; NaN without answers) and ``gain_rho`` [B] (within-window
     Spearman of the model's one-answer gain vs the exact query value, for windows with index below
-    ``policy.gain_windows``; NaN elsewhere).
+    ``policy.gain_windows``; NaN elsewhere). ``out0``: the model's output for the day as logged, when the
+    caller has it already.
     """
     bare = _bare(model)
     x, mask = batch["x"], batch["mask"]
     b, t = x.shape[:2]
     pool = _pool(batch)
-    out0 = bare(x, mask)
+    if out0 is None:
+        out0 = bare(x, mask)
     asked = asking.pool_topk(out0.scores, pool, cfg.policy.k)  # [B, T]
     nan = torch.full((b,), float("nan"), device=x.device)
     res: dict[str, Tensor] = {"asked": asked.float(), "pool": pool.float(), "p_asked": nan, "gain_rho": nan}

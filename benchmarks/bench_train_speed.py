@@ -27,14 +27,15 @@ from aline.config import load_config
 from aline.data import load_splits
 from aline.dataset import Normalizer, WindowDataset
 from aline.engine import make_loader
-from aline.loop import LoopSpec, loop_eval, loop_loss
+from aline.loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
 from aline.model import build_model
 from aline.train import build_optimizer, pool_for, resolve_config, setup_run
 
 
 def bare_loop(cfg, splits, epochs: int) -> float:
     """Seconds for ``epochs`` epochs of a plain loop doing the trainer's work: step = the closed loop's
-    loss (both passes), backward, clip, AdamW; validation = forward, the loop's columns, AUC."""
+    loss (both passes), backward, clip, AdamW; validation = the loop's loss (the default checkpoint
+    metric) with its first pass reused for the forecast and the loop's columns, AUC."""
     torch.manual_seed(cfg.seed)
     norm = Normalizer.fit(splits["train"])
     spec = LoopSpec.from_config(cfg)
@@ -59,8 +60,9 @@ def bare_loop(cfg, splits, epochs: int) -> float:
         ps, ys = [], []
         with torch.no_grad():
             for batch in val_loader:
-                ps.append(model(batch["x"], batch["mask"]).p_next)
-                loop_eval(model, batch, cfg, spec)
+                _, out = loop_loss_with_first(model, batch, cfg, spec)  # val loss: checkpoint selection
+                ps.append(out.p_next)
+                loop_eval(model, batch, cfg, spec, out0=out)
                 ys.append(batch["y"])
         roc_auc_score(torch.cat(ys).numpy(), torch.cat(ps).numpy())
     return time.perf_counter() - start
