@@ -112,8 +112,3 @@ def setup_evaluator(cfg: Config, model: torch.nn.Module, device: torch.device) -
     # reseeds at every epoch start, so this does not leak into training.
     evaluator.add_event_handler(Events.STARTED, lambda _: torch.manual_seed(cfg.seed))
     return evaluator
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)

@@ -36,7 +36,7 @@ from aline.losses import (
     set_policy_loss,
     uncertainty_reward,
 )
-from aline.model import AlineOutput
+from aline.model import AlineOutput, unwrap
 
 Batch = dict[str, Tensor]
 REWARDS = ("query_value", "info_gain", "uncertainty")
@@ -77,10 +77,6 @@ def _has_answers(batch: Batch, spec: LoopSpec) -> bool:
     return spec.feature is not None and "answer" in batch
 
 
-def _bare(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
 def loop_loss(model: torch.nn.Module, batch: Batch, cfg: Config, spec: LoopSpec) -> LossParts:
     """The training loss of one batch through the closed loop (see the module docstring)."""
     return loop_loss_with_first(model, batch, cfg, spec)[0]
@@ -97,7 +93,7 @@ def loop_loss_with_first(
     b, t = x.shape[:2]
     pool = _pool(batch)
     answers = _has_answers(batch, spec)
-    bare = _bare(model)
+    bare = unwrap(model)
     w = bare.w.detach()  # [Z] the forecast's own weights: what "forecast-relevant" means to the model
 
     # 1-2. Draw the policy's sets and reward them, all without gradient.
@@ -185,7 +181,7 @@ def loop_eval(
     ``policy.gain_windows``; NaN elsewhere). ``out0``: the model's output for the day as logged, when the
     caller has it already.
     """
-    bare = _bare(model)
+    bare = unwrap(model)
     x, mask = batch["x"], batch["mask"]
     b, t = x.shape[:2]
     pool = _pool(batch)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -173,6 +173,14 @@ class AlineModel(nn.Module):
             raise ValueError(
                 f"AlineModel input mask: expected the shape of x {list(x.shape)}, got {list(mask.shape)}"
             )
+
+
+def unwrap(obj: Any) -> Any:
+    """The object inside a (Distributed)DataParallel wrapper, or the object itself (optimizers and other
+    checkpointed objects pass through)."""
+    if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return obj.module
+    return obj
 
 
 def build_model(cfg: Config, n_features: int) -> AlineModel:

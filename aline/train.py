@@ -31,11 +31,11 @@ from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, feature_report, load_splits
 from aline.dataset import Normalizer, WindowDataset
-from aline.engine import make_loader, setup_evaluator, setup_trainer, unwrap
+from aline.engine import make_loader, setup_evaluator, setup_trainer
 from aline.handlers import CheckpointError, RunHandlers, install_sigterm_handler
 from aline.loop import resolve_reward
 from aline.losses import resolve_posterior
-from aline.model import build_model
+from aline.model import build_model, unwrap
 from aline.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 from aline.scoring import binary_scores
 from aline.shared_arrays import SharedSplit, open_splits, shared_splits

@@ -95,8 +95,8 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
     from ignite.engine import Events
 
     from aline.dataset import Normalizer, WindowDataset
-    from aline.engine import make_loader, setup_trainer, unwrap
-    from aline.model import build_model
+    from aline.engine import make_loader, setup_trainer
+    from aline.model import build_model, unwrap
     from aline.train import build_optimizer
 
     torch.manual_seed(cfg.seed)

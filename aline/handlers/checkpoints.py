@@ -27,14 +27,9 @@ from aline.contract import (
 )
 from aline.handlers.common import _is_writer, _number
 from aline.handlers.status import RunStatus
+from aline.model import unwrap
 
 # --- checkpoints ------------------------------------------------------------------------------------------
-
-
-def _unwrap(obj: Any) -> Any:
-    if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        return obj.module
-    return obj
 
 
 def weights_only_safe(value: Any, where: str = "checkpoint") -> Any:
@@ -109,7 +104,7 @@ class LastCheckpoint:
         self.to_save = dict(to_save)
 
     def state(self) -> dict[str, Any]:
-        raw = {key: _unwrap(obj).state_dict() for key, obj in self.to_save.items()}
+        raw = {key: unwrap(obj).state_dict() for key, obj in self.to_save.items()}
         return weights_only_safe(raw, str(self.path.name))
 
     def save(self) -> None:
@@ -214,7 +209,7 @@ def resume_from(
         )
     for key, obj in to_load.items():
         try:
-            _unwrap(obj).load_state_dict(checkpoint[key])
+            unwrap(obj).load_state_dict(checkpoint[key])
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointError(f"{path}: entry {key!r} does not fit this run ({first})") from None
