@@ -147,10 +147,13 @@ def reveal(x: Tensor, mask: Tensor, answer: Tensor, asked: Tensor, feature: int)
 def forecast_moments(out: AlineOutput, w: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of the model's forecast-relevant quantity ``w . z_23``. ``[B], [B]``
 
-    The posterior is factorised per latent, so the variance is ``sum_j w_j^2 sigma_j^2``; ``w`` is the
-    prediction head (detached by the caller), the model's own idea of what the forecast weighs.
+    The variance is ``w^T Sigma w`` with the full covariance where the encoder gives one (kalman), else
+    the factorised ``sum_j w_j^2 sigma_j^2``; ``w`` is the prediction head (detached by the caller), the
+    model's own idea of what the forecast weighs.
     """
     mu, sigma = out.mu_z[:, -1], out.sigma_z[:, -1]  # [B, Z]
+    if out.cov_z is not None:
+        return mu @ w, torch.einsum("z,bzy,y->b", w, out.cov_z[:, -1], w)
     return mu @ w, sigma.square() @ w.square()
 
 

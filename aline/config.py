@@ -36,6 +36,8 @@ DEFAULT_FEATURES = (
 DEFAULT_ANSWERS = {"symptom_score": "ask_symptom_score"}
 # Observed 0/1 features under which an hour cannot be asked about (the simulator's defaults).
 DEFAULT_UNASKABLE_WHEN = ("asleep", "busy")
+# Features that are readings of the latent state (wearable sensors and diary scores); the rest are inputs.
+DEFAULT_MEASUREMENTS = ("heart_rate", "hrv", "skin_temp", "stress_rating", "symptom_score")
 DEFAULT_LATENTS = ("stress", "sleep_debt", "hormonal", "env_load")
 SPLITS = ("train", "val", "test")
 
@@ -140,7 +142,11 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    encoder: Literal["gru", "transformer"] = "gru"
+    # auto: kalman when model.measurements names a feature of the data, else gru (resolved at load).
+    encoder: Literal["auto", "kalman", "gru", "transformer"] = "auto"
+    # kalman only: the features that are noisy readings of the latent state (sensors, diary scores); the
+    # other features drive it. Left at the default it shrinks to the names data.columns.features holds.
+    measurements: list[str] = Field(default_factory=lambda: list(DEFAULT_MEASUREMENTS))
     d_model: int = Field(128, ge=4, le=4096)
     heads: int = Field(4, ge=1, le=64)
     layers: int = Field(2, ge=1, le=48)
@@ -151,13 +157,13 @@ class ModelConfig(_Section):
     def _width_fits_encoder(self) -> ModelConfig:
         if self.encoder == "transformer" and self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
-        if self.encoder == "gru" and self.d_model % 2:
+        if self.encoder in ("auto", "gru") and self.d_model % 2:
             raise ValueError(f"d_model ({self.d_model}) must be even: each GRU direction gets half")
         return self
 
 
 class OptimConfig(_Section):
-    lr: float = Field(2e-3, gt=0.0, le=10.0)
+    lr: float = Field(1e-2, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = Field(1.0, gt=0.0)
@@ -291,16 +297,25 @@ class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
-    def _asking_uses_features(self) -> Config:
-        # The built-in question (the simulator's symptom score, asleep/busy) only applies to data that has
-        # those features: left at their defaults they shrink to what the feature list holds, so a cohort
-        # config naming its own features needs no asking keys. Values the user set must fit exactly.
+    def _defaults_follow_features(self) -> Config:
+        # The built-in question (the simulator's symptom score, asleep/busy) and measurement list only apply
+        # to data that has those features: left at their defaults they shrink to what the feature list
+        # holds, so a cohort config naming its own features needs none of these keys. Values the user set
+        # must fit exactly.
         cols, policy = self.data.columns, self.policy
         feats = set(cols.features)
         if "answers" not in cols.model_fields_set and cols.answers:
             kept = {f: a for f, a in cols.answers.items() if f in feats}
             if kept != cols.answers:
                 cols.answers = kept or None
+        model = self.model
+        if model.measurements == list(DEFAULT_MEASUREMENTS):  # the default, whether or not written out
+            kept_meas = [f for f in model.measurements if f in feats]
+            if kept_meas != model.measurements:
+                model.measurements = kept_meas
+        if model.encoder == "auto":
+            # The state-space encoder needs readings of the state; a feature list without any keeps the GRU.
+            model.encoder = "kalman" if model.measurements else "gru"
         if "unaskable_when" not in policy.model_fields_set:
             kept_flags = [f for f in policy.unaskable_when if f in feats]
             if kept_flags != policy.unaskable_when:
@@ -317,6 +332,14 @@ class Config(_Section):
             for name in policy.unaskable_when
             if name not in feats
         ]
+        problems += [
+            f"model.measurements: {name!r} is not in data.columns.features (list the features that are "
+            "noisy readings of the latent state: sensors, diary scores)"
+            for name in model.measurements
+            if name not in feats and model.encoder == "kalman"
+        ]
+        if model.encoder == "kalman" and not model.measurements:
+            problems.append("model.measurements: the kalman encoder needs at least one measurement feature")
         if problems:
             raise ValueError("; ".join(problems))
         return self

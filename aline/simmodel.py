@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from aline.config import DEFAULT_FEATURES
+from aline.config import DEFAULT_FEATURES, DEFAULT_MEASUREMENTS
 
 T = 24
-MEASUREMENTS = ("heart_rate", "hrv", "skin_temp", "stress_rating", "symptom_score")
+MEASUREMENTS = DEFAULT_MEASUREMENTS
 INPUTS = tuple(f for f in DEFAULT_FEATURES if f not in MEASUREMENTS)
 # The question the patient can be asked at any askable hour, and the column holding the answer.
 ASKED = "symptom_score"

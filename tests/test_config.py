@@ -123,3 +123,16 @@ def test_default_asking_keys_shrink_to_a_cohorts_own_features():
     # Set explicitly, they must fit exactly.
     msg = _problems(["data.columns.features=[heart_rate]", "policy.unaskable_when=[asleep]"])
     assert "policy.unaskable_when: 'asleep' is not in data.columns.features" in msg
+
+
+def test_kalman_measurements_default_to_the_sensors_and_diaries_and_must_name_features() -> None:
+    cfg = load_config(None, ["data.columns.features=[heart_rate, asleep, steps]", "model.encoder=kalman"])
+    assert cfg.model.measurements == ["heart_rate"]  # the default shrinks to the features the data has
+    msg = _problems(["model.encoder=kalman", "model.measurements=[heart_rate, hr_var]"])
+    assert "model.measurements: 'hr_var' is not in data.columns.features" in msg
+    msg = _problems(["model.encoder=kalman", "data.columns.features=[asleep, steps]"])
+    assert "the kalman encoder needs at least one measurement feature" in msg
+    # Other encoders ignore the key, so a stale value is no reason to refuse their run.
+    assert load_config(None, ["model.encoder=gru", "model.measurements=[hr_var]"]).model.measurements == [
+        "hr_var"
+    ]

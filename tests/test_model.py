@@ -133,7 +133,7 @@ def test_bad_input_shapes_name_the_problem() -> None:
         AlineModel(5, 4, encoder="transformer", d_model=10, heads=4)
     with pytest.raises(ValueError, match="even"):
         AlineModel(5, 4, encoder="gru", d_model=11)
-    with pytest.raises(ValueError, match="gru or transformer"):
+    with pytest.raises(ValueError, match="gru, transformer or kalman"):
         AlineModel(5, 4, encoder="lstm")
 
 
@@ -163,7 +163,7 @@ def test_build_model_follows_the_config() -> None:
 
 
 def test_build_model_follows_the_config_for_the_gru() -> None:
-    cfg = load_config(None, ["model.d_model=32", "model.layers=3", "model.dropout=0.1"])
+    cfg = load_config(None, ["model.encoder=gru", "model.d_model=32", "model.layers=3", "model.dropout=0.1"])
     model = build_model(cfg, n_features=7)
     gru = model.encoder
     assert isinstance(gru, torch.nn.GRU) and gru.bidirectional and gru.batch_first
@@ -171,6 +171,6 @@ def test_build_model_follows_the_config_for_the_gru() -> None:
     x = torch.randn(3, 24, 7)
     assert model(x, torch.zeros_like(x)).mu_z.shape == (3, 24, 4)
 
-    default = build_model(Config(), n_features=13)
+    default = build_model(Config(), n_features=15)
     assert default.detach_prediction and default.detach_policy
-    assert build_model(load_config(None, ["policy.train_encoder=true"]), 13).detach_policy is False
+    assert build_model(load_config(None, ["policy.train_encoder=true"]), 15).detach_policy is False
