@@ -142,8 +142,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # auto: kalman when model.measurements names a feature of the data, else gru (resolved at load).
-    encoder: Literal["auto", "kalman", "gru", "transformer"] = "auto"
+    encoder: Literal["gru", "transformer", "kalman"] = "gru"
     # kalman only: the features that are noisy readings of the latent state (sensors, diary scores); the
     # other features drive it. Left at the default it shrinks to the names data.columns.features holds.
     measurements: list[str] = Field(default_factory=lambda: list(DEFAULT_MEASUREMENTS))
@@ -157,13 +156,13 @@ class ModelConfig(_Section):
     def _width_fits_encoder(self) -> ModelConfig:
         if self.encoder == "transformer" and self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
-        if self.encoder in ("auto", "gru") and self.d_model % 2:
+        if self.encoder == "gru" and self.d_model % 2:
             raise ValueError(f"d_model ({self.d_model}) must be even: each GRU direction gets half")
         return self
 
 
 class OptimConfig(_Section):
-    lr: float = Field(1e-2, gt=0.0, le=10.0)
+    lr: float = Field(2e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = Field(1.0, gt=0.0)
@@ -313,9 +312,6 @@ class Config(_Section):
             kept_meas = [f for f in model.measurements if f in feats]
             if kept_meas != model.measurements:
                 model.measurements = kept_meas
-        if model.encoder == "auto":
-            # The state-space encoder needs readings of the state; a feature list without any keeps the GRU.
-            model.encoder = "kalman" if model.measurements else "gru"
         if "unaskable_when" not in policy.model_fields_set:
             kept_flags = [f for f in policy.unaskable_when if f in feats]
             if kept_flags != policy.unaskable_when:

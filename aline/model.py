@@ -1,11 +1,12 @@
 """The simplified ALINE network: an encoder over a day's 24 hourly tokens with three heads.
 
-The default encoder (``model.encoder=kalman``, :mod:`aline.ssm`) is a learned linear-Gaussian state-space
-model whose filter and smoother are run exactly: the simulator's exact posterior has that form, and on the
-default data it reached a posterior closer to the floor in fewer epochs than the GRU and gave a model
-uncertainty that tracks what an answer is worth (README "Results"). ``gru`` (a bidirectional GRU, the
-learned analogue of a forward filter and backward smoother) and ``transformer`` (ALINE's choice) read
-[features, missing-mask] tokens and map them to the posterior with an MLP head.
+The default encoder is a bidirectional GRU: the exact posterior is a Kalman filter run forwards and a
+smoother run backwards, and a recurrence read both ways is that computation's learned analogue. On the
+default data it reached the posterior and forecast that a 2-layer transformer (ALINE's choice, kept as
+``model.encoder=transformer``) reached after 30 epochs in 8, at about 1/6 of the time per epoch
+(README "Results"; figures from ``benchmarks/bench_quality.py``). ``model.encoder=kalman``
+(:mod:`aline.ssm`) has the exact computation's form, with its parameters learned; its smoother gives the
+posterior directly and a full covariance that the forecast and the info-gain reward use.
 
 Per hour it returns a Gaussian posterior over the latent state (``mu_z``, ``sigma_z``), a policy score
 (how worth querying that hour is) and a next-day migraine logit read off the posterior mean. The losses
