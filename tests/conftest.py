@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
+
+# torch is imported where a test process needs it: pytest-xdist's controller, which only hands out tests,
+# would otherwise spend seconds on it before it starts the workers.
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -13,13 +15,47 @@ def pytest_configure(config: pytest.Config) -> None:
     # process a test spawns (they inherit OMP_NUM_THREADS), only oversubscribes the cores. Seen on 2 cores:
     # the two-process tests took 38-46 s each with two threads per process, against 9-22 s alone.
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+
+
+# Modules whose tests share one pytest-xdist worker: the browser tests' module fixture starts a Streamlit
+# server, Chromium and a real training run, once on every worker the module's tests land on.
+ONE_WORKER = ("tests/test_monitor_browser.py",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist load`` (tests handed out one at a time), except that each ``ONE_WORKER`` module is one unit.
+
+    (``--dist loadgroup`` with an ``xdist_group`` mark would say the same, but pytest-xdist 3.8 under
+    pytest 9.2 silently ignores the groups: pytest-dev/pytest-xdist#1386.)
+    """
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in ONE_WORKER else nodeid
+
+    return OneWorkerModules(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # pytest-xdist hands tests out in this order, one at a time: the slow ones go first so that none of
+    # them starts near the end and runs on alone while the other worker has nothing left to do.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
 
 
 @pytest.fixture
 def one_torch_thread():
     """Tiny tensors: a second OpenMP thread only adds spin-waiting on shared, busy CI cores."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

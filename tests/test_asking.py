@@ -198,7 +198,9 @@ def test_info_gain_learns_to_ask_the_reliable_hours(one_torch_thread):
     )
     spec = LoopSpec.from_config(cfg)
     model = AlineModel(3, 1, d_model=32, heads=2, layers=1, ff_dim=64)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    # lr 1e-2 and 175 steps: the checks below passed with 9 of the seeds 0-9 (lr 3e-3 and 250 steps: 7 of
+    # them), in 70 % of the CPU time.
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     val = _toy_batch(400, np.random.default_rng(99))
 
     def policy_value() -> float:
@@ -207,7 +209,7 @@ def test_info_gain_learns_to_ask_the_reliable_hours(one_torch_thread):
         return float(res["policy_qv"].sum() / res["best_qv"].sum())
 
     before = policy_value()
-    for _ in range(250):
+    for _ in range(175):
         model.train()
         parts = loop_loss(model, _toy_batch(128, rng), cfg, spec)
         opt.zero_grad()

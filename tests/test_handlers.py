@@ -12,6 +12,7 @@ import sys
 import threading
 import types
 
+import gloohelp
 import numpy as np
 import pandas as pd
 import pytest
@@ -940,7 +941,7 @@ def _two_rank_run(local_rank, run_dir):
 def test_attach_all_on_two_gloo_processes_writes_once(tmp_path):
     import ignite.distributed as idist
 
-    with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
+    with idist.Parallel(backend="gloo", nproc_per_node=2, start_method=gloohelp.start_method()) as parallel:
         parallel.run(_two_rank_run, str(tmp_path))
     df = pd.read_csv(tmp_path / "metrics.csv")
     assert df[df.split == "val"].epoch.tolist() == [1, 2]  # one row per event, not one per process

@@ -12,6 +12,7 @@ import pickle
 import socket
 from pathlib import Path
 
+import gloohelp
 import ignite.distributed as idist
 import pytest
 import torch
@@ -81,6 +82,7 @@ def test_two_processes_give_the_single_process_validation_figures(tmp_path: Path
         nproc_per_node=WORLD,
         master_addr="127.0.0.1",
         master_port=_free_port(),
+        start_method=gloohelp.start_method(),
     )
     for rank in range(WORLD):
         with open(tmp_path / f"rank{rank}.pkl", "rb") as fh:

@@ -8,6 +8,7 @@ import pickle
 import socket
 from pathlib import Path
 
+import gloohelp
 import ignite.distributed as idist
 import numpy as np
 import pytest
@@ -99,6 +100,7 @@ def test_two_gloo_processes_give_the_single_process_figures(tmp_path):
         nproc_per_node=WORLD,
         master_addr="127.0.0.1",
         master_port=_free_port(),
+        start_method=gloohelp.start_method(),
     )
     single = evaluate(list(range(N)))
     w = make_windows()
