@@ -5,10 +5,12 @@ find a curve without relying on trace order or colours; every figure carries ``l
 "diverged"}``, the latter mapping a run to the columns where it diverged (left out of the y scale).
 Run names go into the figure escaped, since plotly reads ``<b>`` and friends in names as markup.
 Long curves are downsampled for drawing only (``aline.plotscale.downsample``: min/max per bucket plus the
-first and last point).
+first and last point), to fewer points per curve the more runs share a panel (``curve_points``).
 
 Figures are built as plain dicts and wrapped without plotly's per-property validation (``_validate=False``):
-validating every trace cost about a second per refresh for one run, far more than reading the files.
+validating every trace cost about a second per refresh for one run, far more than reading the files. They
+are finished when returned (nothing changes them afterwards), which lets ``ChartFigure`` make their dict
+form once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import plotly.graph_objects as go
 
 from aline import contract as C
 from aline.heads import FORECAST, HEAD_TITLES, HEADS, Panel
-from aline.plotscale import diverged, downsample, integer_ticks, robust_range
+from aline.plotscale import curve_points, diverged, downsample, integer_ticks, robust_range
 from aline.runview import RunData
 from aline.smoothing import debiased_ema
 
@@ -34,8 +36,25 @@ X_TITLES = {"step": "iteration", "epoch": "epoch", "relative": "hours since star
 PNG_WIDTH = 1400
 
 
-def _figure(data: list[dict], layout: dict) -> go.Figure:
-    return go.Figure({"data": data, "layout": layout}, _validate=False)
+class ChartFigure(go.Figure):
+    """A finished figure of this module, whose dict form is made once.
+
+    ``st.plotly_chart`` calls ``to_dict`` (a deep copy plus a walk over every number) each time it sends a
+    figure, and a live page sends every chart on every refresh: that was most of a refresh's server time,
+    for figures that had not changed. Nothing changes these figures after they are built, so the first
+    dict is handed out again (read only: Streamlit only serialises it).
+    """
+
+    _as_dict: dict | None = None
+
+    def to_dict(self) -> dict:
+        if self._as_dict is None:
+            self._as_dict = super().to_dict()
+        return self._as_dict
+
+
+def _figure(data: list[dict], layout: dict) -> ChartFigure:
+    return ChartFigure({"data": data, "layout": layout}, _validate=False)
 
 
 def _grid(rows: int, cols: int, titles: Sequence[str], hspace: float, vspace: float) -> dict:
@@ -195,6 +214,7 @@ def panels_figure(
     data: list[dict] = []
     flagged: dict[str, list[str]] = {}
     x_all: list[np.ndarray] = []
+    limit = curve_points(len(runs))  # one curve per run in each panel
     for p, panel in enumerate(shown):
         scale_y: list[np.ndarray] = []
         ref_values: list[float] = []
@@ -206,7 +226,7 @@ def panels_figure(
             x_panel.append(xs)
             if scaled:
                 scale_y.append(ys)
-            dx, dy = downsample(xs, ys)
+            dx, dy = downsample(xs, ys, limit)
             many = panel.split == C.SPLIT_TRAIN and dx.size > 1
             data.append(
                 _scatter(
@@ -313,6 +333,7 @@ def loss_figure(
     flagged: dict[str, list[str]] = {}
     x_all: list[np.ndarray] = []
     scale: list[list[np.ndarray]] = [[] for _ in C.LOSS_COLUMNS]
+    limit = curve_points(2 * len(runs))  # a raw and a smoothed train curve per run in each panel
     for r, run in enumerate(runs):
         for split, dash in ((C.SPLIT_TRAIN, "solid"), (C.SPLIT_VAL, "dot")):
             for p, column in enumerate(C.LOSS_COLUMNS):
@@ -326,7 +347,7 @@ def loss_figure(
                 name = label(f"{run.name} · {split}")
                 meta = {"run": run.name, "split": split, "column": column}
                 mode = "lines+markers" if split == C.SPLIT_VAL or xs.size == 1 else "lines"
-                tx, ty = downsample(xs, ys)
+                tx, ty = downsample(xs, ys, limit)
                 data.append(
                     _scatter(
                         tx,
@@ -342,7 +363,7 @@ def loss_figure(
                         **_axes(p),
                     )
                 )
-                sx, sy = downsample(xs, smooth)
+                sx, sy = downsample(xs, smooth, limit)
                 data.append(
                     _scatter(
                         sx,

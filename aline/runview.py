@@ -161,6 +161,9 @@ class RunData:
         self.tables_loaded = False
         self._config: tuple[tuple[int, int], dict[str, Any] | None, str | None] | None = None
         self._newest: tuple[tuple[int, int], dict[str, float] | None] | None = None
+        # Split masks of the metrics table at one table version: comparing 200,000 strings costs a few ms,
+        # and one refresh's charts ask for the same two masks dozens of times.
+        self._masks: tuple[int, dict[str, np.ndarray]] = (-1, {})
 
     def refresh(self, tables: bool = True) -> int:
         """Re-read status.json and, with ``tables``, the appended CSV rows; returns new metrics rows."""
@@ -198,8 +201,15 @@ class RunData:
         return self.metrics.header or ()
 
     def split_rows(self, split: str) -> np.ndarray:
-        """Boolean mask (``[n]``) of the metrics rows of one split."""
-        return self.metrics.column("split") == split
+        """Boolean mask (``[n]``) of the metrics rows of one split (read only)."""
+        if self._masks[0] != self.metrics.version:
+            self._masks = (self.metrics.version, {})
+        masks = self._masks[1]
+        if split not in masks:
+            mask = self.metrics.column("split") == split
+            mask.flags.writeable = False
+            masks[split] = mask
+        return masks[split]
 
     def series(self, split: str, column: str, x: str = "iteration") -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of one metric for one split, rows where the metric is empty dropped (``[m]``, ``[m]``).
