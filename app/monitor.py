@@ -8,6 +8,11 @@ and the tail of metrics.csv per run) and the charts (full tables, selected runs 
 inside the charts fragment, so changing one reruns that fragment only. Figures are cached on the tables'
 versions and the controls, so a refresh in which no file grew rebuilds nothing and hands Streamlit the very
 same figures (the browser then redraws nothing).
+
+Table first: a browser draws what one script run sends in one go, and the charts (plotly's 4.7 MB script,
+then every figure) used to keep the runs table off the screen for seconds. A browser session's first page
+therefore comes in stages, the runs table, then the first chart, then the rest, each asked for by the
+browser itself once it is done with the one before (``next_stage``).
 """
 
 from __future__ import annotations
@@ -244,8 +249,10 @@ def charts_part() -> None:
         show_run_messages(run, diverged)
     if not plotted:
         return
-    for name, fig in figs:
+    for name, fig in figs if paint_stage() == STAGE_ALL else figs[:1]:
         chart(fig, name)
+    if paint_stage() < STAGE_ALL:
+        return
 
     st.subheader("Calibration and query hours")
     detail = run_data(st.selectbox("Run", [r.name for r in plotted], key="detail_run"))
@@ -316,5 +323,42 @@ def charts_part() -> None:
         )
 
 
+# A browser session's first page comes in stages, each sent once the browser has drawn the one before
+# (``next_stage``): the runs table, then the first chart, then all the rest. The browser draws a script
+# run's output in one go, and each stage's drawing is what kept the one before off the screen: plotly's
+# 4.7 MB script and first chart for the table, the eight other charts for the first chart.
+STAGE_TABLE, STAGE_FIRST_CHART, STAGE_ALL = 0, 1, 2
+# How soon after receiving a stage the browser asks for the next. Its timer cannot fire while the browser
+# is busy drawing, so the request mostly comes once the stage is on the screen (though it can slip in
+# while a lazily loaded script such as plotly's is still being fetched).
+NEXT_STAGE_S = 0.1
+
+
+def paint_stage() -> int:
+    """How much of the page this script run draws. A client without a browser's timers (AppTest, which
+    sends no HTTP headers and runs no ``run_every``) gets all of it at once."""
+    if not st.context.headers:
+        return STAGE_ALL
+    return int(st.session_state.get("paint_stage", STAGE_TABLE))
+
+
+@st.fragment(run_every=NEXT_STAGE_S)
+def next_stage() -> None:
+    """Brings the next stage of a browser session's first page. Its call in the run that drew a stage only
+    arms the browser's timer; the browser's rerun moves the session to the next stage and reruns the page.
+    The last stage's run does not call it, which stops the timer (a full run keeps only the timers of the
+    fragments it calls)."""
+    stage = paint_stage()
+    if st.session_state.get("next_stage_armed") == stage:
+        st.session_state.paint_stage = stage + 1
+        st.rerun(scope="app")
+    st.session_state.next_stage_armed = stage
+    if stage == STAGE_TABLE:
+        st.caption("Loading the charts…")
+
+
 runs_part()
-charts_part()
+if paint_stage() > STAGE_TABLE:
+    charts_part()
+if paint_stage() < STAGE_ALL:
+    next_stage()
