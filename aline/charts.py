@@ -31,6 +31,12 @@ from aline.smoothing import debiased_ema
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 X_MODES = ("step", "epoch", "relative", "wall")
 X_TITLES = {"step": "iteration", "epoch": "epoch", "relative": "hours since start", "wall": "time (UTC)"}
+# Markers only on curves this short: on a thousand-epoch validation curve they are a thousand SVG nodes per
+# panel that show nothing the line does not, and they slow the browser's drawing most of all.
+MARKER_POINTS = 200
+# The calibration-over-epochs chart draws at most this many epochs (evenly spread, first and latest
+# included): each is a curve and a legend entry, and a thousand of them took the browser seconds.
+CALIBRATION_CURVES = 12
 # Plotly's PNG button: a fixed size so the export holds the whole figure, legend included, whatever the
 # size of the browser window it was drawn in.
 PNG_WIDTH = 1400
@@ -227,12 +233,12 @@ def panels_figure(
             if scaled:
                 scale_y.append(ys)
             dx, dy = downsample(xs, ys, limit)
-            many = panel.split == C.SPLIT_TRAIN and dx.size > 1
+            dots = (panel.split != C.SPLIT_TRAIN or dx.size == 1) and dx.size <= MARKER_POINTS
             data.append(
                 _scatter(
                     dx,
                     dy,
-                    mode="lines" if many else "lines+markers",
+                    mode="lines+markers" if dots else "lines",
                     name=label(run.name),
                     legendgroup=run.name,
                     showlegend=p == 0,
@@ -346,8 +352,9 @@ def loss_figure(
                 smooth = debiased_ema(ys, smoothing)  # [m]
                 name = label(f"{run.name} · {split}")
                 meta = {"run": run.name, "split": split, "column": column}
-                mode = "lines+markers" if split == C.SPLIT_VAL or xs.size == 1 else "lines"
                 tx, ty = downsample(xs, ys, limit)
+                dots = (split == C.SPLIT_VAL or tx.size == 1) and tx.size <= MARKER_POINTS
+                mode = "lines+markers" if dots else "lines"
                 data.append(
                     _scatter(
                         tx,
@@ -452,8 +459,13 @@ def reliability_figure(run: RunData, epoch: int) -> go.Figure:
 
 
 def calibration_epochs_figure(run: RunData) -> go.Figure:
-    """Calibration across epochs: the reliability curve of every epoch, early epochs pale, the latest dark."""
-    epochs = run.calibration_epochs()
+    """Calibration across epochs: the reliability curve of each epoch (at most ``CALIBRATION_CURVES``, evenly
+    spread), early epochs pale, the latest dark."""
+    logged = run.calibration_epochs()
+    epochs = logged
+    if len(logged) > CALIBRATION_CURVES:
+        picks = np.unique(np.linspace(0, len(logged) - 1, CALIBRATION_CURVES).round().astype(int))
+        epochs = [logged[i] for i in picks]
     data = [
         _scatter(
             [0, 1],
@@ -488,7 +500,7 @@ def calibration_epochs_figure(run: RunData) -> go.Figure:
             )
         )
     layout = {
-        "title": {"text": f"Calibration over epochs — {label(run.name)}"},
+        "title": {"text": f"Calibration over epochs — {label(run.name)}" + _of(len(epochs), len(logged))},
         "height": 440,
         "xaxis": {"title": {"text": "predicted probability"}, "range": [0, 1]},
         "yaxis": {"title": {"text": "observed frequency"}, "range": [0, 1]},
@@ -496,6 +508,10 @@ def calibration_epochs_figure(run: RunData) -> go.Figure:
         "meta": {"chart": "calibration_epochs", "diverged": {}},
     }
     return _figure(data, layout)
+
+
+def _of(shown: int, logged: int) -> str:
+    return f" ({shown} of {logged} epochs)" if shown < logged else ""
 
 
 def _fmt(value: float | None) -> str:
