@@ -8,9 +8,11 @@ only the bytes appended since the last one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from aline.tail import TailedTable
 
 DEFAULT_RUNS_DIR = "runs"
 RUNS_ENV = "ALINE_RUNS"
+_SERIALS = itertools.count()
 
 
 def runs_root_from(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> Path:
@@ -164,6 +167,10 @@ class RunData:
         # Split masks of the metrics table at one table version: comparing 200,000 strings costs a few ms,
         # and one refresh's charts ask for the same two masks dozens of times.
         self._masks: tuple[int, dict[str, np.ndarray]] = (-1, {})
+        self.serial = next(_SERIALS)  # part of ``version``: tells two RunData of one run apart in caches
+        # The monitor's sessions (threads of their own) share RunData objects; they refresh and read the
+        # tables only while holding this lock (``aline.sharedruns.locked``).
+        self.lock = threading.Lock()
 
     def refresh(self, tables: bool = True) -> int:
         """Re-read status.json and, with ``tables``, the appended CSV rows; returns new metrics rows."""
@@ -185,9 +192,10 @@ class RunData:
         return new
 
     @property
-    def version(self) -> tuple[int, int, int]:
-        """Changes whenever any table's content changes (for caching figures between refreshes)."""
-        return (self.metrics.version, self.calibration.version, self.topk.version)
+    def version(self) -> tuple[int, int, int, int]:
+        """Changes whenever any table's content changes, and differs between two RunData of the same run
+        (for caching figures between refreshes and between sessions)."""
+        return (self.serial, self.metrics.version, self.calibration.version, self.topk.version)
 
     @property
     def has_metrics(self) -> bool:

@@ -47,6 +47,7 @@ from aline.runview import (
     summarize,
     table_csv_bytes,
 )
+from aline.sharedruns import SharedRuns, locked
 
 st.set_page_config(page_title="ALINE training monitor", layout="wide")
 # Run folders are private: if this server listens beyond this machine without anyone having asked for it
@@ -79,7 +80,8 @@ RUN_EVERY = None if paused else interval
 
 
 def run_data(name: str) -> RunData:
-    # One RunData per run and browser session: its tailers remember the byte offsets between refreshes.
+    # The runs table's own RunData per run and browser session: it reads status.json and the tail of
+    # metrics.csv only, so it costs little to keep per session, and never waits for the charts' locks.
     cache: dict[str, RunData] = st.session_state.setdefault("run_data", {})
     key = f"{ROOT.resolve()}::{name}"
     if key not in cache:
@@ -193,12 +195,18 @@ def show_run_messages(run: RunData, diverged: dict[str, list[str]]) -> None:
         )
 
 
+@st.cache_resource
+def shared_runs() -> SharedRuns:
+    """Parsed runs and built figures, shared by every session of this server (see aline.sharedruns)."""
+    return SharedRuns()
+
+
 def cached_figure(name: str, key: tuple, build):  # -> plotly Figure
-    """The figure for ``key`` (table versions + controls), built only when the key changed."""
+    """The figure for ``key`` (table versions + controls), built only when no session has built it yet."""
     cache: dict[str, tuple[tuple, object]] = st.session_state.setdefault("figures", {})
     hit = cache.get(name)
     if hit is None or hit[0] != key:
-        cache[name] = (key, build())
+        cache[name] = (key, shared_runs().figure((name, key), build))
     return cache[name][1]
 
 
@@ -223,8 +231,17 @@ def charts_part() -> None:
         smoothing = c3.slider("Smoothing (debiased EMA)", 0.0, 0.99, 0.6, 0.01, key="smoothing")
         log_y = c4.toggle("Log scale (loss)", value=False, key="log_y")
         robust = c5.toggle("Ignore outliers in scaling", value=True, key="robust")
-    runs = [run_data(n) for n in chosen]
+    runs = [shared_runs().run(ROOT, n) for n in chosen]
+    # Other sessions may refresh these runs at any time, so they are read under their locks throughout.
+    with locked(runs):
+        draw_charts(runs, x_mode, smoothing, log_y, robust)
+
+
+def draw_charts(runs: list[RunData], x_mode: str, smoothing: float, log_y: bool, robust: bool) -> None:
+    """Run messages and every chart of ``runs``, from one snapshot of their files."""
     for run in runs:
+        # While paused this session reads no new rows (another session's refresh still shows in a chart
+        # that a control change rebuilds).
         if not st.session_state.get("pause") or not run.tables_loaded:
             run.refresh(tables=True)
     plotted = [run for run in runs if run.has_metrics]
@@ -255,7 +272,8 @@ def charts_part() -> None:
         return
 
     st.subheader("Calibration and query hours")
-    detail = run_data(st.selectbox("Run", [r.name for r in plotted], key="detail_run"))
+    by_name = {r.name: r for r in plotted}
+    detail = by_name[st.selectbox("Run", list(by_name), key="detail_run")]
     dkey = (detail.name, detail.version)
     # The epoch list and the charts below come from the same refresh, so the picker never trails them.
     epochs = detail.calibration_epochs()
@@ -315,12 +333,18 @@ def charts_part() -> None:
     ):  # fmt: skip
         col.download_button(
             f"Download {label} of the selected runs (CSV)",
-            data=lambda w=which: table_csv_bytes(plotted, w),
+            data=lambda w=which: locked_csv(plotted, w),
             file_name=f"{which}.csv",
             mime="text/csv",
             on_click="ignore",
             key=f"download_{which}",
         )
+
+
+def locked_csv(runs: list[RunData], which: str) -> bytes:
+    # Called when the button is pressed, outside the refresh that drew it: the runs are locked again.
+    with locked(runs):
+        return table_csv_bytes(runs, which)
 
 
 # A browser session's first page comes in stages, each sent once the browser has drawn the one before
