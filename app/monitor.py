@@ -11,8 +11,8 @@ same figures (the browser then redraws nothing).
 
 Table first: a browser draws what one script run sends in one go, and the charts (plotly's 4.7 MB script,
 then every figure) used to keep the runs table off the screen for seconds. A browser session's first page
-therefore comes in stages, the runs table, then the first chart, then the rest, each asked for by the
-browser itself once it is done with the one before (``next_stage``).
+therefore comes in stages, the runs table, then the first chart, then the rest, each sent once the browser
+says it has drawn the one before (``next_stage``, ``aline.paintsignal``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from aline.charts import (
     topk_figures,
 )
 from aline.heads import headlines
+from aline.paintsignal import when_drawn
 from aline.runview import (
     RunData,
     config_diff,
@@ -352,33 +353,32 @@ def locked_csv(runs: list[RunData], which: str) -> bytes:
 # run's output in one go, and each stage's drawing is what kept the one before off the screen: plotly's
 # 4.7 MB script and first chart for the table, the eight other charts for the first chart.
 STAGE_TABLE, STAGE_FIRST_CHART, STAGE_ALL = 0, 1, 2
-# How soon after receiving a stage the browser asks for the next. Its timer cannot fire while the browser
-# is busy drawing, so the request mostly comes once the stage is on the screen (though it can slip in
-# while a lazily loaded script such as plotly's is still being fetched).
-NEXT_STAGE_S = 0.1
+# What the browser must have drawn before it asks for the next stage.
+STAGE_DRAWN = {
+    STAGE_TABLE: '[data-testid="stDataFrame"] canvas',
+    STAGE_FIRST_CHART: ".js-plotly-plot .main-svg",
+}
 
 
 def paint_stage() -> int:
-    """How much of the page this script run draws. A client without a browser's timers (AppTest, which
-    sends no HTTP headers and runs no ``run_every``) gets all of it at once."""
+    """How much of the page this script run draws. A client that is not a browser (AppTest, which sends no
+    HTTP headers and draws nothing) gets all of it at once."""
     if not st.context.headers:
         return STAGE_ALL
     return int(st.session_state.get("paint_stage", STAGE_TABLE))
 
 
-@st.fragment(run_every=NEXT_STAGE_S)
 def next_stage() -> None:
-    """Brings the next stage of a browser session's first page. Its call in the run that drew a stage only
-    arms the browser's timer; the browser's rerun moves the session to the next stage and reruns the page.
-    The last stage's run does not call it, which stops the timer (a full run keeps only the timers of the
-    fragments it calls)."""
+    """Asks the browser for word once it has drawn this stage: the word moves the session to the next
+    stage, and the rerun it causes draws that. The last stage's run does not call this."""
     stage = paint_stage()
-    if st.session_state.get("next_stage_armed") == stage:
+
+    def advance() -> None:
         st.session_state.paint_stage = stage + 1
-        st.rerun(scope="app")
-    st.session_state.next_stage_armed = stage
+
     if stage == STAGE_TABLE:
         st.caption("Loading the charts…")
+    when_drawn(stage, STAGE_DRAWN[stage], advance)
 
 
 runs_part()
