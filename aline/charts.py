@@ -5,10 +5,12 @@ find a curve without relying on trace order or colours; every figure carries ``l
 "diverged"}``, the latter mapping a run to the columns where it diverged (left out of the y scale).
 Run names go into the figure escaped, since plotly reads ``<b>`` and friends in names as markup.
 Long curves are downsampled for drawing only (``aline.plotscale.downsample``: min/max per bucket plus the
-first and last point).
+first and last point), to fewer points per curve the more runs share a panel (``curve_points``).
 
 Figures are built as plain dicts and wrapped without plotly's per-property validation (``_validate=False``):
-validating every trace cost about a second per refresh for one run, far more than reading the files.
+validating every trace cost about a second per refresh for one run, far more than reading the files. They
+are finished when returned (nothing changes them afterwards), which lets ``ChartFigure`` make their dict
+form once.
 """
 
 from __future__ import annotations
@@ -22,20 +24,43 @@ import plotly.graph_objects as go
 
 from aline import contract as C
 from aline.heads import FORECAST, HEAD_TITLES, HEADS, Panel
-from aline.plotscale import diverged, downsample, integer_ticks, robust_range
+from aline.plotscale import curve_points, diverged, downsample, integer_ticks, robust_range
 from aline.runview import RunData
 from aline.smoothing import debiased_ema
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 X_MODES = ("step", "epoch", "relative", "wall")
 X_TITLES = {"step": "iteration", "epoch": "epoch", "relative": "hours since start", "wall": "time (UTC)"}
+# Markers only on curves this short: on a thousand-epoch validation curve they are a thousand SVG nodes per
+# panel that show nothing the line does not, and they slow the browser's drawing most of all.
+MARKER_POINTS = 200
+# The calibration-over-epochs chart draws at most this many epochs (evenly spread, first and latest
+# included): each is a curve and a legend entry, and a thousand of them took the browser seconds.
+CALIBRATION_CURVES = 12
 # Plotly's PNG button: a fixed size so the export holds the whole figure, legend included, whatever the
 # size of the browser window it was drawn in.
 PNG_WIDTH = 1400
 
 
-def _figure(data: list[dict], layout: dict) -> go.Figure:
-    return go.Figure({"data": data, "layout": layout}, _validate=False)
+class ChartFigure(go.Figure):
+    """A finished figure of this module, whose dict form is made once.
+
+    ``st.plotly_chart`` calls ``to_dict`` (a deep copy plus a walk over every number) each time it sends a
+    figure, and a live page sends every chart on every refresh: that was most of a refresh's server time,
+    for figures that had not changed. Nothing changes these figures after they are built, so the first
+    dict is handed out again (read only: Streamlit only serialises it).
+    """
+
+    _as_dict: dict | None = None
+
+    def to_dict(self) -> dict:
+        if self._as_dict is None:
+            self._as_dict = super().to_dict()
+        return self._as_dict
+
+
+def _figure(data: list[dict], layout: dict) -> ChartFigure:
+    return ChartFigure({"data": data, "layout": layout}, _validate=False)
 
 
 def _grid(rows: int, cols: int, titles: Sequence[str], hspace: float, vspace: float) -> dict:
@@ -195,6 +220,7 @@ def panels_figure(
     data: list[dict] = []
     flagged: dict[str, list[str]] = {}
     x_all: list[np.ndarray] = []
+    limit = curve_points(len(runs))  # one curve per run in each panel
     for p, panel in enumerate(shown):
         scale_y: list[np.ndarray] = []
         ref_values: list[float] = []
@@ -206,13 +232,13 @@ def panels_figure(
             x_panel.append(xs)
             if scaled:
                 scale_y.append(ys)
-            dx, dy = downsample(xs, ys)
-            many = panel.split == C.SPLIT_TRAIN and dx.size > 1
+            dx, dy = downsample(xs, ys, limit)
+            dots = (panel.split != C.SPLIT_TRAIN or dx.size == 1) and dx.size <= MARKER_POINTS
             data.append(
                 _scatter(
                     dx,
                     dy,
-                    mode="lines" if many else "lines+markers",
+                    mode="lines+markers" if dots else "lines",
                     name=label(run.name),
                     legendgroup=run.name,
                     showlegend=p == 0,
@@ -313,6 +339,7 @@ def loss_figure(
     flagged: dict[str, list[str]] = {}
     x_all: list[np.ndarray] = []
     scale: list[list[np.ndarray]] = [[] for _ in C.LOSS_COLUMNS]
+    limit = curve_points(2 * len(runs))  # a raw and a smoothed train curve per run in each panel
     for r, run in enumerate(runs):
         for split, dash in ((C.SPLIT_TRAIN, "solid"), (C.SPLIT_VAL, "dot")):
             for p, column in enumerate(C.LOSS_COLUMNS):
@@ -325,8 +352,9 @@ def loss_figure(
                 smooth = debiased_ema(ys, smoothing)  # [m]
                 name = label(f"{run.name} · {split}")
                 meta = {"run": run.name, "split": split, "column": column}
-                mode = "lines+markers" if split == C.SPLIT_VAL or xs.size == 1 else "lines"
-                tx, ty = downsample(xs, ys)
+                tx, ty = downsample(xs, ys, limit)
+                dots = (split == C.SPLIT_VAL or tx.size == 1) and tx.size <= MARKER_POINTS
+                mode = "lines+markers" if dots else "lines"
                 data.append(
                     _scatter(
                         tx,
@@ -342,7 +370,7 @@ def loss_figure(
                         **_axes(p),
                     )
                 )
-                sx, sy = downsample(xs, smooth)
+                sx, sy = downsample(xs, smooth, limit)
                 data.append(
                     _scatter(
                         sx,
@@ -431,8 +459,13 @@ def reliability_figure(run: RunData, epoch: int) -> go.Figure:
 
 
 def calibration_epochs_figure(run: RunData) -> go.Figure:
-    """Calibration across epochs: the reliability curve of every epoch, early epochs pale, the latest dark."""
-    epochs = run.calibration_epochs()
+    """Calibration across epochs: the reliability curve of each epoch (at most ``CALIBRATION_CURVES``, evenly
+    spread), early epochs pale, the latest dark."""
+    logged = run.calibration_epochs()
+    epochs = logged
+    if len(logged) > CALIBRATION_CURVES:
+        picks = np.unique(np.linspace(0, len(logged) - 1, CALIBRATION_CURVES).round().astype(int))
+        epochs = [logged[i] for i in picks]
     data = [
         _scatter(
             [0, 1],
@@ -467,7 +500,7 @@ def calibration_epochs_figure(run: RunData) -> go.Figure:
             )
         )
     layout = {
-        "title": {"text": f"Calibration over epochs — {label(run.name)}"},
+        "title": {"text": f"Calibration over epochs — {label(run.name)}" + _of(len(epochs), len(logged))},
         "height": 440,
         "xaxis": {"title": {"text": "predicted probability"}, "range": [0, 1]},
         "yaxis": {"title": {"text": "observed frequency"}, "range": [0, 1]},
@@ -475,6 +508,10 @@ def calibration_epochs_figure(run: RunData) -> go.Figure:
         "meta": {"chart": "calibration_epochs", "diverged": {}},
     }
     return _figure(data, layout)
+
+
+def _of(shown: int, logged: int) -> str:
+    return f" ({shown} of {logged} epochs)" if shown < logged else ""
 
 
 def _fmt(value: float | None) -> str:

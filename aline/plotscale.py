@@ -14,6 +14,13 @@ import math
 import numpy as np
 
 MAX_POINTS = 4000  # per trace after downsampling: 2 points per bucket
+# What the monitor draws per long curve: a min and a max per pixel column of a half-width panel (about
+# 600 px) shows the same envelope as any denser thinning. When many runs share a panel each curve gets
+# fewer, so that a panel holds at most PANEL_POINTS points: the browser's drawing time grows with the
+# points it is sent (ten runs of 200,000 rows at 4,000 points per curve took minutes to appear).
+CURVE_POINTS = 1200
+PANEL_POINTS = 8000
+MIN_CURVE_POINTS = 300
 # A curve is "diverged" when it holds a non-finite value or when its largest magnitude exceeds this many
 # times the typical magnitude (median) of its own first tenth: a loss that grows a thousandfold has left
 # the region where the other runs live, and would flatten them if it set the scale.
@@ -53,6 +60,11 @@ def downsample(x: np.ndarray, y: np.ndarray, limit: int = MAX_POINTS) -> tuple[n
     first_max = _first_per_bucket(idx[is_max[idx]], bucket_of)
     chosen = np.unique(np.concatenate([first_min, first_max, [0, n - 1]]))
     return x[chosen], y[chosen]
+
+
+def curve_points(curves: int) -> int:
+    """The downsampling limit for each of ``curves`` long curves drawn in one panel."""
+    return max(MIN_CURVE_POINTS, min(CURVE_POINTS, PANEL_POINTS // max(1, curves)))
 
 
 def _first_per_bucket(idx: np.ndarray, bucket_of: np.ndarray) -> np.ndarray:

@@ -8,9 +8,11 @@ only the bytes appended since the last one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from aline.tail import TailedTable
 
 DEFAULT_RUNS_DIR = "runs"
 RUNS_ENV = "ALINE_RUNS"
+_SERIALS = itertools.count()
 
 
 def runs_root_from(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> Path:
@@ -161,6 +164,13 @@ class RunData:
         self.tables_loaded = False
         self._config: tuple[tuple[int, int], dict[str, Any] | None, str | None] | None = None
         self._newest: tuple[tuple[int, int], dict[str, float] | None] | None = None
+        # Split masks of the metrics table at one table version: comparing 200,000 strings costs a few ms,
+        # and one refresh's charts ask for the same two masks dozens of times.
+        self._masks: tuple[int, dict[str, np.ndarray]] = (-1, {})
+        self.serial = next(_SERIALS)  # part of ``version``: tells two RunData of one run apart in caches
+        # The monitor's sessions (threads of their own) share RunData objects; they refresh and read the
+        # tables only while holding this lock (``aline.sharedruns.locked``).
+        self.lock = threading.Lock()
 
     def refresh(self, tables: bool = True) -> int:
         """Re-read status.json and, with ``tables``, the appended CSV rows; returns new metrics rows."""
@@ -182,9 +192,10 @@ class RunData:
         return new
 
     @property
-    def version(self) -> tuple[int, int, int]:
-        """Changes whenever any table's content changes (for caching figures between refreshes)."""
-        return (self.metrics.version, self.calibration.version, self.topk.version)
+    def version(self) -> tuple[int, int, int, int]:
+        """Changes whenever any table's content changes, and differs between two RunData of the same run
+        (for caching figures between refreshes and between sessions)."""
+        return (self.serial, self.metrics.version, self.calibration.version, self.topk.version)
 
     @property
     def has_metrics(self) -> bool:
@@ -198,8 +209,15 @@ class RunData:
         return self.metrics.header or ()
 
     def split_rows(self, split: str) -> np.ndarray:
-        """Boolean mask (``[n]``) of the metrics rows of one split."""
-        return self.metrics.column("split") == split
+        """Boolean mask (``[n]``) of the metrics rows of one split (read only)."""
+        if self._masks[0] != self.metrics.version:
+            self._masks = (self.metrics.version, {})
+        masks = self._masks[1]
+        if split not in masks:
+            mask = self.metrics.column("split") == split
+            mask.flags.writeable = False
+            masks[split] = mask
+        return masks[split]
 
     def series(self, split: str, column: str, x: str = "iteration") -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of one metric for one split, rows where the metric is empty dropped (``[m]``, ``[m]``).

@@ -8,6 +8,11 @@ and the tail of metrics.csv per run) and the charts (full tables, selected runs 
 inside the charts fragment, so changing one reruns that fragment only. Figures are cached on the tables'
 versions and the controls, so a refresh in which no file grew rebuilds nothing and hands Streamlit the very
 same figures (the browser then redraws nothing).
+
+Table first: a browser draws what one script run sends in one go, and the charts (plotly's 4.7 MB script,
+then every figure) used to keep the runs table off the screen for seconds. A browser session's first page
+therefore comes in stages, the runs table, then the first chart, then the rest, each sent once the browser
+says it has drawn the one before (``next_stage``, ``aline.paintsignal``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from aline.charts import (
     topk_figures,
 )
 from aline.heads import headlines
+from aline.paintsignal import when_drawn
 from aline.runview import (
     RunData,
     config_diff,
@@ -42,6 +48,7 @@ from aline.runview import (
     summarize,
     table_csv_bytes,
 )
+from aline.sharedruns import SharedRuns, locked
 
 st.set_page_config(page_title="ALINE training monitor", layout="wide")
 # Run folders are private: if this server listens beyond this machine without anyone having asked for it
@@ -74,7 +81,8 @@ RUN_EVERY = None if paused else interval
 
 
 def run_data(name: str) -> RunData:
-    # One RunData per run and browser session: its tailers remember the byte offsets between refreshes.
+    # The runs table's own RunData per run and browser session: it reads status.json and the tail of
+    # metrics.csv only, so it costs little to keep per session, and never waits for the charts' locks.
     cache: dict[str, RunData] = st.session_state.setdefault("run_data", {})
     key = f"{ROOT.resolve()}::{name}"
     if key not in cache:
@@ -188,12 +196,18 @@ def show_run_messages(run: RunData, diverged: dict[str, list[str]]) -> None:
         )
 
 
+@st.cache_resource
+def shared_runs() -> SharedRuns:
+    """Parsed runs and built figures, shared by every session of this server (see aline.sharedruns)."""
+    return SharedRuns()
+
+
 def cached_figure(name: str, key: tuple, build):  # -> plotly Figure
-    """The figure for ``key`` (table versions + controls), built only when the key changed."""
+    """The figure for ``key`` (table versions + controls), built only when no session has built it yet."""
     cache: dict[str, tuple[tuple, object]] = st.session_state.setdefault("figures", {})
     hit = cache.get(name)
     if hit is None or hit[0] != key:
-        cache[name] = (key, build())
+        cache[name] = (key, shared_runs().figure((name, key), build))
     return cache[name][1]
 
 
@@ -218,8 +232,17 @@ def charts_part() -> None:
         smoothing = c3.slider("Smoothing (debiased EMA)", 0.0, 0.99, 0.6, 0.01, key="smoothing")
         log_y = c4.toggle("Log scale (loss)", value=False, key="log_y")
         robust = c5.toggle("Ignore outliers in scaling", value=True, key="robust")
-    runs = [run_data(n) for n in chosen]
+    runs = [shared_runs().run(ROOT, n) for n in chosen]
+    # Other sessions may refresh these runs at any time, so they are read under their locks throughout.
+    with locked(runs):
+        draw_charts(runs, x_mode, smoothing, log_y, robust)
+
+
+def draw_charts(runs: list[RunData], x_mode: str, smoothing: float, log_y: bool, robust: bool) -> None:
+    """Run messages and every chart of ``runs``, from one snapshot of their files."""
     for run in runs:
+        # While paused this session reads no new rows (another session's refresh still shows in a chart
+        # that a control change rebuilds).
         if not st.session_state.get("pause") or not run.tables_loaded:
             run.refresh(tables=True)
     plotted = [run for run in runs if run.has_metrics]
@@ -244,11 +267,14 @@ def charts_part() -> None:
         show_run_messages(run, diverged)
     if not plotted:
         return
-    for name, fig in figs:
+    for name, fig in figs if paint_stage() == STAGE_ALL else figs[:1]:
         chart(fig, name)
+    if paint_stage() < STAGE_ALL:
+        return
 
     st.subheader("Calibration and query hours")
-    detail = run_data(st.selectbox("Run", [r.name for r in plotted], key="detail_run"))
+    by_name = {r.name: r for r in plotted}
+    detail = by_name[st.selectbox("Run", list(by_name), key="detail_run")]
     dkey = (detail.name, detail.version)
     # The epoch list and the charts below come from the same refresh, so the picker never trails them.
     epochs = detail.calibration_epochs()
@@ -308,7 +334,7 @@ def charts_part() -> None:
     ):  # fmt: skip
         col.download_button(
             f"Download {label} of the selected runs (CSV)",
-            data=lambda w=which: table_csv_bytes(plotted, w),
+            data=lambda w=which: locked_csv(plotted, w),
             file_name=f"{which}.csv",
             mime="text/csv",
             on_click="ignore",
@@ -316,5 +342,47 @@ def charts_part() -> None:
         )
 
 
+def locked_csv(runs: list[RunData], which: str) -> bytes:
+    # Called when the button is pressed, outside the refresh that drew it: the runs are locked again.
+    with locked(runs):
+        return table_csv_bytes(runs, which)
+
+
+# A browser session's first page comes in stages, each sent once the browser has drawn the one before
+# (``next_stage``): the runs table, then the first chart, then all the rest. The browser draws a script
+# run's output in one go, and each stage's drawing is what kept the one before off the screen: plotly's
+# 4.7 MB script and first chart for the table, the eight other charts for the first chart.
+STAGE_TABLE, STAGE_FIRST_CHART, STAGE_ALL = 0, 1, 2
+# What the browser must have drawn before it asks for the next stage.
+STAGE_DRAWN = {
+    STAGE_TABLE: '[data-testid="stDataFrame"] canvas',
+    STAGE_FIRST_CHART: ".js-plotly-plot .main-svg",
+}
+
+
+def paint_stage() -> int:
+    """How much of the page this script run draws. A client that is not a browser (AppTest, which sends no
+    HTTP headers and draws nothing) gets all of it at once."""
+    if not st.context.headers:
+        return STAGE_ALL
+    return int(st.session_state.get("paint_stage", STAGE_TABLE))
+
+
+def next_stage() -> None:
+    """Asks the browser for word once it has drawn this stage: the word moves the session to the next
+    stage, and the rerun it causes draws that. The last stage's run does not call this."""
+    stage = paint_stage()
+
+    def advance() -> None:
+        st.session_state.paint_stage = stage + 1
+
+    if stage == STAGE_TABLE:
+        st.caption("Loading the charts…")
+    when_drawn(stage, STAGE_DRAWN[stage], advance)
+
+
 runs_part()
-charts_part()
+if paint_stage() > STAGE_TABLE:
+    charts_part()
+if paint_stage() < STAGE_ALL:
+    next_stage()

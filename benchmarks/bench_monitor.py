@@ -2,13 +2,16 @@
 
     python benchmarks/bench_monitor.py                       # 10 runs x 2,000 metrics rows
     python benchmarks/bench_monitor.py --runs 50 --rows 200000
+    python benchmarks/bench_monitor.py --repeat 5            # medians of 5 warm pages each
 
 Writes synthetic run folders (the run-folder contract) under a temporary folder, starts
 ``streamlit run app/monitor.py`` on them and drives headless Chromium (/usr/bin/chromium, or
 $ALINE_CHROMIUM). Reported:
 - cold: the first page after the server started (it pays the imports of the page's libraries);
 - warm: a new page (new session) on the running server, with the newest run selected (the default), and
-  with every run selected (``?run=...``, at most 10);
+  with every run selected (``?run=...``, at most 10); ``--repeat`` pages each, median (min–max) reported;
+- for each page: time to the runs table, to the first chart and to all nine charts (the first page comes
+  in stages, so the last two differ);
 - refresh cost: CPU seconds the server spends per refresh (per 2 s interval, both live parts), over a quiet
   window and over a window in which a writer appends 4 rows/s to the shown run; and the delay from an
   append to the chart showing it.
@@ -130,6 +133,10 @@ TABLE_JS = "() => !!document.querySelector('[data-testid=\"stDataFrame\"] canvas
 CHART_JS = (
     "() => Array.from(document.querySelectorAll('.js-plotly-plot')).some(el => el.data && el.data.length)"
 )
+ALL_CHARTS_JS = (
+    "() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+    ".filter(el => el._fullLayout && el.data && el.data.length).length >= 9"
+)
 LOSS_TIP_JS = """() => {
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
     if (!el.layout || !el.layout.meta || el.layout.meta.chart !== 'loss') continue;
@@ -140,13 +147,13 @@ LOSS_TIP_JS = """() => {
   }
   return null;
 }"""
-PAGE_JS = {"table": TABLE_JS, "chart": CHART_JS}
+PAGE_JS = {"table": TABLE_JS, "chart": CHART_JS, "all": ALL_CHARTS_JS}
 
 
 def report(key: str, value: object) -> None:
     """Print one figure as soon as it is measured, so a later timeout still leaves the earlier ones."""
     if isinstance(value, dict):
-        print(f"{key:34s} table {value['table']:.2f} s   first chart {value['chart']:.2f} s", flush=True)
+        print(f"{key:34s} " + "   ".join(f"{k} {v}" for k, v in value.items()), flush=True)
     elif isinstance(value, float):
         print(f"{key:34s} {value:.3f}", flush=True)
     else:
@@ -154,15 +161,37 @@ def report(key: str, value: object) -> None:
 
 
 def time_page(ctx, url: str, timeout_s: float = 300) -> dict[str, float]:
+    """Seconds from navigation to the runs table, the first chart and all charts; the page stays open
+    under ``out["page"]``."""
     page = ctx.new_page()
     t0 = time.perf_counter()
     page.goto(url, wait_until="commit")
     out = {}
-    for key in ("table", "chart"):
+    for key in ("table", "chart", "all"):
         page.wait_for_function(PAGE_JS[key], timeout=timeout_s * 1000, polling=50)
         out[key] = time.perf_counter() - t0
     out["page"] = page
     return out
+
+
+def time_pages(ctx, url: str, repeat: int) -> tuple[dict[str, str], object]:
+    """``repeat`` new pages on ``url``, one after the other; median (min–max) of each time, and the last
+    page, left open."""
+    times: dict[str, list[float]] = {"table": [], "chart": [], "all": []}
+    page = None
+    for _ in range(repeat):
+        if page is not None:
+            page.close()
+            time.sleep(1.0)  # let the closed session's last refresh end
+        got = time_page(ctx, url)
+        page = got.pop("page")
+        for key, value in got.items():
+            times[key].append(value)
+    summary = {
+        k: f"{np.median(v):.2f} s" + (f" ({min(v):.2f}–{max(v):.2f})" if len(v) > 1 else "")
+        for k, v in times.items()
+    }
+    return summary, page
 
 
 def main() -> int:
@@ -170,6 +199,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--rows", type=int, default=2000, help="metrics rows per run")
     ap.add_argument("--window", type=float, default=10.0, help="seconds per refresh-cost window")
+    ap.add_argument("--repeat", type=int, default=1, help="warm pages per case (median reported)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -204,19 +234,19 @@ def main() -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
             ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-            cold = time_page(ctx, url)
-            cold.pop("page").close()
+            cold, page = time_pages(ctx, url, 1)
+            page.close()
             results["cold"] = cold
             report("cold", cold)
-            warm = time_page(ctx, url)
-            page = warm.pop("page")
-            results["warm_newest_run"] = warm
-            report("warm_newest_run", warm)
             shown = names[:10]
-            many = time_page(ctx, f"{url}/?run={','.join(shown)}")
-            many.pop("page").close()
+            many, page = time_pages(ctx, f"{url}/?run={','.join(shown)}", args.repeat)
+            page.close()
             results[f"warm_{len(shown)}_runs_selected"] = many
             report(f"warm_{len(shown)}_runs_selected", many)
+            # Last, so that its page is the one left open for the refresh cost below.
+            warm, page = time_pages(ctx, url, args.repeat)
+            results["warm_newest_run"] = warm
+            report("warm_newest_run", warm)
             # Refresh cost: server CPU per refresh interval, quiet, then while rows are appended.
             page.wait_for_timeout(3000)
             c0 = cpu_seconds(proc.pid)

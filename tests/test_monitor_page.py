@@ -196,3 +196,19 @@ def test_selection_from_url(tmp_path, monkeypatch) -> None:
     write_run(root, RUN_B, seed=2)
     at = start(root, monkeypatch, query={"run": RUN_B})
     assert at.multiselect(key="selected_runs").value == [RUN_B]
+
+
+def test_many_epochs_stay_light_for_the_browser(tmp_path, monkeypatch) -> None:
+    # A long run: its calibration chart shows a dozen epochs (first and latest among them), not all, and
+    # its validation curves drop the per-point markers, which the browser draws one SVG node at a time.
+    root = tmp_path / "runs"
+    write_run(root, RUN_A, epochs=250, iters_per_epoch=1, seed=5)
+    at = start(root, monkeypatch)
+    figs = figures(at)
+    curves = traces(figs["calibration_epochs"], kind="calibration")
+    shown = [t["meta"]["epoch"] for t in curves]
+    assert len(shown) == 12 and shown[0] == 1 and shown[-1] == 250 and shown == sorted(shown)
+    assert figs["calibration_epochs"]["layout"]["title"]["text"].endswith("(12 of 250 epochs)")
+    at.radio(key="x_axis").set_value("epoch").run()
+    (auc,) = traces(figures(at)["forecast"], column="auc", kind="value")
+    assert len(auc["y"]) == 250 and auc["mode"] == "lines"
