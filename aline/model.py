@@ -97,11 +97,10 @@ class AlineModel(nn.Module):
         self.detach_policy = detach_policy
 
         self.encoder_kind = encoder
-        if encoder in ("gru", "transformer"):
+        # Modules are created in the same order as before the kalman encoder existed, so a seed still gives
+        # the GRU and transformer the same initial weights (and the same runs) as in earlier releases.
+        if encoder != "kalman":
             self.input_proj = nn.Linear(2 * n_features, d_model)
-            self.posterior_head = nn.Sequential(
-                nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 2 * n_latents)
-            )
         if encoder == "gru":
             # A recurrence knows each hour's place from the order it reads them in; an added hour
             # embedding made the posterior worse (post_mse 1.15x against 1.09x the floor after 8 epochs).
@@ -131,6 +130,9 @@ class AlineModel(nn.Module):
         self.register_buffer("hour_onehot", torch.eye(hours), persistent=False)
         if encoder != "kalman":
             self.final_norm = nn.LayerNorm(d_model)
+            self.posterior_head = nn.Sequential(
+                nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 2 * n_latents)
+            )
         state_width = d_model // 2 + 2 * n_latents if encoder == "kalman" else d_model
         # The policy also sees the hour's own inputs and its position: whether an answer can be given and
         # how reliable it would be are read off that hour (asleep, busy, screen use), and how much it says
