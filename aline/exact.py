@@ -36,6 +36,7 @@ class ExactResult:
     p_bayes: np.ndarray  # [N] E[sigmoid(w·Z_23 + b) | D0, answers]
     query_value: np.ndarray | None  # [N, T] cut in target_var by one more answer; 0 outside the pool left
     scalars: AnswerScalars | None = None  # only with want_scalars
+    loglik: np.ndarray | None = None  # [N] log p(D0 and the answers | model)
 
 
 @dataclass
@@ -199,7 +200,8 @@ def exact_posterior(
             pool,
             float(P["b"]),
         )
-    return ExactResult(post.mean, np.sqrt(post.var), post.target_mean, post.target_var, p, qv, sc)
+    std = np.sqrt(post.var)
+    return ExactResult(post.mean, std, post.target_mean, post.target_var, p, qv, sc, post.loglik)
 
 
 @dataclass
@@ -304,7 +306,29 @@ def model_arrays(
     return ExactModel(resid, obs, ans, drive, q, r, P, asked_index)
 
 
-def load_exact_split(csv_path: str | Path, meta_path: str | Path) -> ExactSplit:
+@dataclass
+class SplitInputs:
+    """One split's columns as the exact model reads them, windows sorted by id."""
+
+    feats: dict[str, np.ndarray]  # every input [N, T]
+    meas: np.ndarray  # [N, T, M] NaN where missing
+    answer: np.ndarray  # [N, T] raw answers, NaN where unaskable
+    habitual_row: np.ndarray  # [N] bool: the subject's habitual-caffeine flag
+    params: dict[str, Any]
+    asked_index: int
+    window_id: np.ndarray  # [N]
+    y: np.ndarray  # [N] labels
+    query_value: np.ndarray  # [N, T] the CSV's column
+    p_bayes_csv: np.ndarray  # [N] the CSV's p_bayes
+
+    def model(self, habitual_row: np.ndarray | None = None) -> ExactModel:
+        """The exact model of every window; ``habitual_row`` [N] replaces the subject's flag (to ask what
+        a forecast that cannot see it would know)."""
+        flag = self.habitual_row if habitual_row is None else habitual_row
+        return model_arrays(self.feats, self.meas, self.answer, flag, self.params, self.asked_index)
+
+
+def read_exact_inputs(csv_path: str | Path, meta_path: str | Path) -> SplitInputs:
     """Read one split's CSV (inputs, measurements, answers, labels) and the meta file's model."""
     import pyarrow.csv as pacsv
 
@@ -344,18 +368,33 @@ def load_exact_split(csv_path: str | Path, meta_path: str | Path) -> ExactSplit:
     if not ((ids == ids[:, :1]).all() and (grid("hour") == np.arange(T)).all()):
         raise ValueError(f"{csv_path}: every window needs exactly {T} rows, hours 0..{T - 1}")
     feats = {name: grid(name) for name in inputs}
-    meas = np.stack([grid(name) for name in measurements], axis=2)  # [n, T, M]
     subject = grid("subject_id")[:, 0].astype(np.int64)
     # The habitual-caffeine flag is the subject's mean daily caffeine over its days (all in this split).
     daily = feats["caffeine_mg"].sum(1)
     _, inv = np.unique(subject, return_inverse=True)
     habit = np.bincount(inv, daily) / np.bincount(inv)
-    habitual_row = habit[inv] >= HABITUAL_MG
-    m = model_arrays(feats, meas, grid(answer_col), habitual_row, P, measurements.index(asked))
-    return ExactSplit(
-        **{f: getattr(m, f) for f in ExactModel.__dataclass_fields__ if f != "_scalars"},
+    return SplitInputs(
+        feats=feats,
+        meas=np.stack([grid(name) for name in measurements], axis=2),  # [n, T, M]
+        answer=grid(answer_col),
+        habitual_row=habit[inv] >= HABITUAL_MG,
+        params=P,
+        asked_index=measurements.index(asked),
         window_id=ids[:, 0],
         y=grid("y_next")[:, 0],
         query_value=grid("query_value"),
         p_bayes_csv=grid("p_bayes")[:, 0],
+    )
+
+
+def load_exact_split(csv_path: str | Path, meta_path: str | Path) -> ExactSplit:
+    """Read one split's CSV and the meta file's model: the exact model of every window, with its labels."""
+    split = read_exact_inputs(csv_path, meta_path)
+    m = split.model()
+    return ExactSplit(
+        **{f: getattr(m, f) for f in ExactModel.__dataclass_fields__ if f != "_scalars"},
+        window_id=split.window_id,
+        y=split.y,
+        query_value=split.query_value,
+        p_bayes_csv=split.p_bayes_csv,
     )

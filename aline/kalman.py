@@ -42,6 +42,9 @@ class Posterior:
     query_mean: np.ndarray | None = None  # [N, T] E[s_t | y]
     query_cov: np.ndarray | None = None  # [N, T, T] Cov(s_t, s_u | y)
     query_cross: np.ndarray | None = None  # [N, T] Cov(s_t, w·Z_{T-1} | y)
+    # log p(y | model) of the observed entries, from the filter's innovations: compares models of a window
+    # (for instance with and without a subject-level flag the window does not show).
+    loglik: np.ndarray | None = None  # [N]
 
 
 def smooth(
@@ -89,6 +92,7 @@ def smooth(
     q_mean = np.zeros((n_all, T)) if query_cov else None
     q_cov = np.zeros((n_all, T, T)) if query_cov else None
     q_cross = np.zeros((n_all, T)) if query_cov else None
+    loglik = np.empty(n_all)
     for lo in range(0, n_all, chunk):
         sl = slice(lo, min(lo + chunk, n_all))
         out = _smooth_chunk(
@@ -107,7 +111,7 @@ def smooth(
             full_cov,
             query_cov,
         )
-        mean[sl], var[sl] = out["mean"], out["var"]
+        mean[sl], var[sl], loglik[sl] = out["mean"], out["var"], out["loglik"]
         if full_cov:
             cov[sl] = out["cov"]
         if want_query:
@@ -116,7 +120,7 @@ def smooth(
             t_mean[sl], t_var[sl] = out["t_mean"], out["t_var"]
         if query_cov:
             q_mean[sl], q_cov[sl], q_cross[sl] = out["q_mean"], out["q_cov"], out["q_cross"]
-    return Posterior(mean, var, cov, qv, t_mean, t_var, q_mean, q_cov, q_cross)
+    return Posterior(mean, var, cov, qv, t_mean, t_var, q_mean, q_cov, q_cross, loglik)
 
 
 def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_var, full_cov, query_cov):
@@ -130,6 +134,7 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
     Pp = np.empty((T, n, Z, Z))
     m = np.broadcast_to(mu0, (n, Z)).copy()
     P = np.broadcast_to(Sigma0, (n, Z, Z)).copy()
+    loglik = np.zeros(n)
     for t in range(T):
         if t > 0:
             m = m @ At + b[:, t]
@@ -144,6 +149,7 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
             innov = np.where(o, y[:, t, j] - m @ c, 0.0)
             # A missing value contributes nothing: its weight o/s is zero.
             wgt = o / s
+            loglik -= 0.5 * o * (np.log(2.0 * np.pi * s) + innov * innov / s)
             m = m + Pc * (innov * wgt)[:, None]
             P -= Pc[:, :, None] * (Pc * wgt[:, None])[:, None, :]
         mf[t], Pf[t] = m, P
@@ -192,7 +198,7 @@ def _smooth_chunk(y, obs, b, q, r, A, C, mu0, Sigma0, target, query_row, query_v
         if query_cov:
             U[:, :, t + 1 :] = J @ U[:, :, t + 1 :]
         record(t, ms, Ps, v)
-    out["mean"], out["var"] = mean, var
+    out["mean"], out["var"], out["loglik"] = mean, var, loglik
     if full_cov:
         out["cov"] = cov
     if qv is not None:

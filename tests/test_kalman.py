@@ -50,6 +50,29 @@ def test_posterior_equals_direct_conditioning(seed):
     np.testing.assert_allclose(post.mean[0], prior_mean.reshape(T, Z), atol=1e-10)
 
 
+@pytest.mark.parametrize("seed", [5, 6])
+def test_loglik_is_the_density_of_the_observed_entries(seed):
+    # log p(y_obs) written out as one multivariate normal over every observed entry of the window.
+    from scipy.stats import multivariate_normal
+
+    A, C, mu0, Sigma0, b, q, r, obs, y = _random_problem(seed)
+    n, T, M = y.shape
+    Z = A.shape[0]
+    post = smooth(y, obs, b, q, r, A, C, mu0, Sigma0, chunk=3)
+    for i in range(n):
+        mean, cov = _joint_prior(A, mu0, Sigma0, b[i], q[i])
+        rows = [(t, j) for t in range(T) for j in range(M) if obs[i, t, j]]
+        if not rows:
+            assert post.loglik[i] == 0.0  # nothing observed: log 1
+            continue
+        H = np.zeros((len(rows), T * Z))
+        for k, (t, j) in enumerate(rows):
+            H[k, t * Z : (t + 1) * Z] = C[j]
+        S = H @ cov @ H.T + np.diag([r[i, t, j] for t, j in rows])
+        ref = multivariate_normal(H @ mean, S).logpdf([y[i, t, j] for t, j in rows])
+        assert post.loglik[i] == pytest.approx(ref, abs=1e-8)
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_query_value_equals_conditioning_with_and_without_the_extra_observation(seed):
     A, C, mu0, Sigma0, b, q, r, obs, y = _random_problem(seed)
