@@ -60,7 +60,11 @@ class KalmanEncoder(nn.Module):
         # a direct path gives those at once, and the GRU adds what needs the past (drinks so far today).
         self.direct = nn.Linear(ctx_width, n_out)
         self.A = nn.Parameter(0.9 * torch.eye(z))
-        self.C = nn.Parameter(torch.randn(m, z) * 0.3)
+        # Zero loadings: the filter starts by ignoring the readings, and every seed starts from the same
+        # filter. The gradient at C = 0 is not zero (a reading's pull on the mean is P c (y - c·m) / r), so
+        # C still learns. Random loadings (0.3 · N(0, 1)) left one seed in three with a posterior no better
+        # than the inputs alone after 8 epochs.
+        self.C = nn.Parameter(torch.zeros(m, z))
         self.mu0 = nn.Parameter(torch.zeros(z))
         self.s0_raw = nn.Parameter(torch.zeros(z))  # initial state spread (diagonal, softplus)
         nn.init.zeros_(self.to_noise.weight)

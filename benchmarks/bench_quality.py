@@ -14,8 +14,13 @@ post_mse <= 1.10x the floor, policy_value >= 0.85. It is also shown from the run
 status.json (after imports and data loading). With ``--seeds 0,1,2`` every reward is trained once per seed;
 each seed's figure and the median are printed.
 
+``--scramble-query-value`` trains on a copy of the data whose train split has its ``query_value`` column
+permuted across rows (seeded), so that no training signal comes from the oracle; validation still scores
+the policy against the exact values. It is the test of an oracle-free reward (``--rewards info_gain``):
+policy_value against the best fixed hours and random hours, and the one-answer gain Spearman (>= 0.5).
+
     python benchmarks/bench_quality.py [--rewards uncertainty,query_value] [--seeds 0,1,2] [--keep runs]
-                                       [KEY=VALUE ...]
+                                       [--scramble-query-value] [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,6 +105,24 @@ def _fmt_s(v: float) -> str:
     return "not reached" if math.isinf(v) else f"{v:.1f} s"
 
 
+def scrambled_copy(data_dir: Path, out: Path, seed: int = 0) -> Path:
+    """``data_dir``'s files in ``out``, the train split's ``query_value`` permuted across its rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path in data_dir.glob("synthetic_migraine_*"):
+        if not path.name.endswith("_train.csv"):
+            shutil.copy2(path, out / path.name)
+    train = pacsv.read_csv(data_dir / "synthetic_migraine_train.csv")
+    i = train.column_names.index("query_value")
+    values = np.random.default_rng(seed).permutation(train.column(i).to_numpy())
+    train = train.set_column(i, "query_value", pa.array(values))
+    pacsv.write_csv(train, out / "synthetic_migraine_train.csv")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,13 +133,21 @@ def main() -> int:
     parser.add_argument(
         "--seeds", default=None, help="comma-separated seeds, one run per seed and reward (default: config's)"
     )
+    parser.add_argument(
+        "--scramble-query-value",
+        action="store_true",
+        help="train on a copy whose train split has its query_value column permuted (oracle-free rewards)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
     args = parser.parse_args()
-    overrides = [f"data.dir={args.data_dir}", *args.overrides]
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.keep or tmp)
         runs.mkdir(parents=True, exist_ok=True)
+        train_dir = Path(args.data_dir)
+        if args.scramble_query_value:
+            train_dir = scrambled_copy(train_dir, runs / "scrambled-data")
+        overrides = [f"data.dir={train_dir}", *args.overrides]
         seeds = [None] if args.seeds is None else [int(s) for s in args.seeds.split(",")]
         ttq: dict[str, list[tuple[int | None, dict[str, float]]]] = {}
         for reward, seed in [(r, s) for r in args.rewards.split(",") for s in seeds]:
@@ -134,11 +166,15 @@ def main() -> int:
                 ("AUC - logreg AUC", row["auc"] - ref["logreg_auc"], ">", 0.0),
                 ("wall time [s]", seconds, "<", 300.0),
             ]
-            if reward == "query_value":
-                checks.append(("policy_value", row["policy_value"], ">=", 0.8))
+            if reward == "query_value" or args.scramble_query_value:
+                # The oracle-free goal (issue 13) is 0.85; best fixed hours come from the unscrambled train.
+                floor = 0.85 if args.scramble_query_value else 0.8
+                checks.append(("policy_value", row["policy_value"], ">=", floor))
                 checks.append(
                     ("policy_value - best fixed", row["policy_value"] - ref["best_fixed_share"], ">", 0)
                 )
+            if args.scramble_query_value:
+                checks.append(("gain Spearman", row.get("gain_spearman", math.nan), ">=", 0.5))
             seed_note = "" if seed is None else f", seed {seed}"
             print(
                 f"\n== policy.reward={reward}{seed_note}: best epoch {int(row['epoch'])}, {seconds:.0f} s =="
@@ -154,7 +190,8 @@ def main() -> int:
                 f"logreg {ref['logreg_auc']:.4f})"
                 f"  brier {row['brier']:.4f} (Bayes {ref['oracle']['brier']:.4f})  ece {row['ece']:.4f}"
                 f"  post_mse {row['post_mse']:.4f} (floor {ref['post_var_floor']:.4f})"
-                f"  policy_value {row['policy_value']:.3f} (best fixed {ref['best_fixed_share']:.3f})"
+                f"  policy_value {row['policy_value']:.3f} (best fixed {ref['best_fixed_share']:.3f}, "
+                f"random {ref['random_share']:.3f})  gain Spearman {row.get('gain_spearman', math.nan):.2f}"
             )
             for name, value, op, target in checks:
                 good = {

@@ -20,6 +20,7 @@ def _encoder(seed: int = 0) -> KalmanEncoder:
     enc = KalmanEncoder(N_FEATURES, MEAS, Z, hidden=8).double()
     with torch.no_grad():  # away from the initial values, so every term of the model matters
         enc.A.copy_(0.7 * torch.eye(Z, dtype=torch.float64) + 0.2 * torch.randn(Z, Z, dtype=torch.float64))
+        enc.C.normal_(0.0, 0.5)
         enc.mu0.normal_()
         enc.s0_raw.normal_()
         enc.to_noise.weight.normal_(0.0, 0.3)
