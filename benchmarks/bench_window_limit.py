@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from aline.exact import SplitInputs, read_exact_inputs
+from aline.exact import ExactResult, SplitInputs, read_exact_inputs
 
 CAFFEINE_BINS = (0.5, 100.0, 200.0)  # mg a day: none, some, habitual-sized, large
 
@@ -39,11 +39,11 @@ def prior_by_bin(train: SplitInputs) -> np.ndarray:
     return (hits + 1.0) / (np.bincount(bins, minlength=n) + 2.0)
 
 
-def window_only_forecast(split: SplitInputs, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[N] the mixture forecast and [N] P(habitual | window)."""
-    n = len(split.y)
-    off = split.model(np.zeros(n, dtype=bool)).posterior()
-    on = split.model(np.ones(n, dtype=bool)).posterior()
+def window_only_forecast(
+    split: SplitInputs, prior: np.ndarray, off: ExactResult, on: ExactResult
+) -> tuple[np.ndarray, np.ndarray]:
+    """[N] the mixture forecast and [N] P(habitual | window), from the exact posteriors of every window
+    with the flag off and on."""
     p1 = prior[caffeine_bin(split)]
     log_odds = np.log(p1) - np.log1p(-p1) + on.loglik - off.loglik
     weight = 1.0 / (1.0 + np.exp(-log_odds))
@@ -70,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         y, p_bayes = split.y, split.p_bayes_csv
         n = len(y)
         caf = split.feats["caffeine_mg"].sum(1) > 0
-        mixture, weight = window_only_forecast(split, prior)
+        off = split.model(np.zeros(n, dtype=bool)).posterior()
+        on = split.model(np.ones(n, dtype=bool)).posterior()
+        mixture, weight = window_only_forecast(split, prior, off, on)
         rules = {
             "Bayes (p_bayes, sees the flag)": p_bayes,
             "window-only Bayes (mixture)": mixture,
-            "flag = 0": split.model(np.zeros(n, dtype=bool)).posterior().p_bayes,
+            "flag = 0": off.p_bayes,
             "flag = any caffeine that day": split.model(caf).posterior().p_bayes,
         }
         auc0, brier0 = roc_auc_score(y, p_bayes), brier_score_loss(y, p_bayes)
