@@ -31,7 +31,7 @@ LAST_CHECKPOINT = "last.pt"
 NORMALIZER_FILE = "normalizer.json"
 LOG_FILE = "train.log"
 EVAL_DIR = "eval"
-# Held by the training process (aline.ownership): its host, pid and token; its mtime is the heartbeat.
+# Held by the training process (aline.training.ownership): host, pid and token; its mtime is the heartbeat.
 LOCK_FILE = "owner.lock"
 
 # --- status.json ----------------------------------------------------------------------------------------

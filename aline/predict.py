@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from aline import contract
-from aline.asking import forecast_moments, one_answer_gains, pool_mask, pool_topk, reveal
 from aline.config import Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, read_split
-from aline.dataset import Normalizer
-from aline.losses import uncertainty_reward
-from aline.model import AlineModel, build_model
+from aline.data.dataset import Normalizer
+from aline.model.asking import forecast_moments, one_answer_gains, pool_mask, pool_topk, reveal
+from aline.model.network import AlineModel, build_model
+from aline.training.losses import uncertainty_reward
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -179,7 +179,7 @@ class Prediction:
 
     ``p_next`` is the next-day probability after the whole day (the hour-23 forecast); ``p_hourly`` the
     forecast after each hour. ``uncertainty`` is the per-hour "uncertainty sampling" reward
-    (:func:`aline.losses.uncertainty_reward`), the model's own idea of where it is unsure.
+    (:func:`aline.training.losses.uncertainty_reward`), the model's own idea of where it is unsure.
     """
 
     window_id: np.ndarray  # [N] object: ids exactly as written in the input, sorted as aline.data sorts them
@@ -280,7 +280,7 @@ class Predictor:
         ``data`` needs the window id, hour and feature columns of the run's config (missing cells allowed:
         empty, NA, NaN, null); every other column is ignored. Window ids may be any text or integers and
         come back exactly as written. Invalid input raises :class:`aline.data.DataError`. The proposed hours
-        are askable ones only (:func:`aline.asking.pool_mask`). Answers are just data: fill the asked
+        are askable ones only (:func:`aline.model.asking.pool_mask`). Answers are just data: fill the asked
         feature's cells at those hours and predict again for the updated forecast.
         """
         return self.predict_raw(self.read(data))

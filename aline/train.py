@@ -26,19 +26,19 @@ from ignite.engine import Engine
 from torch.utils.data import DataLoader
 
 from aline import contract
-from aline.asking import pool_mask
 from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, feature_report, load_splits
-from aline.dataset import Normalizer, WindowDataset
-from aline.engine import make_loader, setup_evaluator, setup_trainer
-from aline.handlers import CheckpointError, RunHandlers, install_sigterm_handler
-from aline.loop import resolve_reward
-from aline.losses import resolve_posterior
-from aline.model import build_model, unwrap
-from aline.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
+from aline.data.dataset import Normalizer, WindowDataset
+from aline.data.shared import SharedSplit, open_splits, shared_splits
+from aline.model.asking import pool_mask
+from aline.model.network import build_model, unwrap
 from aline.scoring import binary_scores
-from aline.shared_arrays import SharedSplit, open_splits, shared_splits
+from aline.training.engine import make_loader, setup_evaluator, setup_trainer
+from aline.training.handlers import CheckpointError, RunHandlers, install_sigterm_handler
+from aline.training.loop import resolve_reward
+from aline.training.losses import resolve_posterior
+from aline.training.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 
 
 @dataclass
@@ -215,7 +215,7 @@ def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
 
 def _record_fault(run_dir: Path, reason: str) -> None:
     """A fault found before training (a bad checkpoint): status.json failed with it, and train.log."""
-    from aline.handlers import RunStatus
+    from aline.training.handlers import RunStatus
 
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")  # the format of the trainer's own log lines
     with (run_dir / contract.LOG_FILE).open("a", encoding="utf-8") as log:
@@ -226,7 +226,7 @@ def _record_fault(run_dir: Path, reason: str) -> None:
 def _claim_for_resume(run_dir: Path, announce) -> RunOwner:
     """Lock ``run_dir`` for this process; OwnershipError if its owner is alive, CheckpointError if its
     checkpoints are unusable (then status.json and train.log say so)."""
-    from aline.handlers import CheckpointError, check_resumable
+    from aline.training.handlers import CheckpointError, check_resumable
 
     status = _read_status(run_dir)
     shown = contract.display_state(status)
@@ -324,7 +324,7 @@ def setup_run(
     init: InitFrom | None = None,
 ) -> Run:
     """Build the engines with every metric and handler attached (and the run folder's first files)."""
-    from aline import handlers, metrics
+    from aline.training import handlers, metrics
 
     cfg = resolve_config(cfg, splits)
     device = _device(cfg)
@@ -403,7 +403,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
     if cfg.logging.wandb:
         import importlib.util
 
-        from aline.handlers import WANDB_MISSING
+        from aline.training.handlers import WANDB_MISSING
 
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError(WANDB_MISSING)

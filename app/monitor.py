@@ -1,7 +1,8 @@
 """Live training monitor: ``streamlit run app/monitor.py -- --runs DIR`` (or ``$ALINE_RUNS``, else ``runs``).
 
-This file is only the page layout. Reading run folders lives in ``aline.runview`` / ``aline.tail`` and the
-figures in ``aline.charts``. The page never writes under the runs folder.
+This file is only the page layout. Reading run folders lives in ``aline.monitor.runview`` /
+``aline.monitor.tail`` and the figures in ``aline.monitor.charts``. The page never writes under the runs
+folder.
 
 Calm refreshes: the page is two fragments that rerun on their own timer, the runs table (cheap: status.json
 and the tail of metrics.csv per run) and the charts (full tables, selected runs only). Chart controls live
@@ -12,7 +13,7 @@ same figures (the browser then redraws nothing).
 Table first: a browser draws what one script run sends in one go, and the charts (plotly's 4.7 MB script,
 then every figure) used to keep the runs table off the screen for seconds. A browser session's first page
 therefore comes in stages, the runs table, then the first chart, then the rest, each sent once the browser
-says it has drawn the one before (``next_stage``, ``aline.paintsignal``).
+says it has drawn the one before (``next_stage``, ``aline.monitor.paintsignal``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import streamlit as st
 from streamlit import config as st_config
 
 from aline import contract as C
-from aline.charts import (
+from aline.monitor.charts import (
     X_MODES,
     calibration_epochs_figure,
     head_figure,
@@ -35,9 +36,9 @@ from aline.charts import (
     reliability_figure,
     topk_figures,
 )
-from aline.heads import headlines
-from aline.paintsignal import when_drawn
-from aline.runview import (
+from aline.monitor.heads import headlines
+from aline.monitor.paintsignal import when_drawn
+from aline.monitor.runview import (
     RunData,
     config_diff,
     human_duration,
@@ -48,7 +49,7 @@ from aline.runview import (
     summarize,
     table_csv_bytes,
 )
-from aline.sharedruns import SharedRuns, locked
+from aline.monitor.sharedruns import SharedRuns, locked
 
 st.set_page_config(page_title="ALINE training monitor", layout="wide")
 # Run folders are private: if this server listens beyond this machine without anyone having asked for it
@@ -198,7 +199,7 @@ def show_run_messages(run: RunData, diverged: dict[str, list[str]]) -> None:
 
 @st.cache_resource
 def shared_runs() -> SharedRuns:
-    """Parsed runs and built figures, shared by every session of this server (see aline.sharedruns)."""
+    """Parsed runs and built figures, shared by every session of this server (aline.monitor.sharedruns)."""
     return SharedRuns()
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from aline.config import Config
-from aline.model import build_model
+from aline.model.network import build_model
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

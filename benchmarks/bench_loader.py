@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 from aline.config import DEFAULT_FEATURES, DEFAULT_LATENTS, ColumnsConfig, DataConfig
 from aline.contract import HOURS
 from aline.data import DataError, read_split
-from aline.dataset import Normalizer, WindowDataset
+from aline.data.dataset import Normalizer, WindowDataset
 
 
 def synthetic_csv(path: Path, subjects: int, days: int, seed: int = 0) -> Path:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from aline.losses import policy_loss
+from aline.training.losses import policy_loss
 
 
 def rewards(kind: str, windows: int, hours: int, gen: torch.Generator) -> torch.Tensor:

@@ -8,7 +8,7 @@ For each scale (1x = 300 subjects x 60 days, 432k rows; 10x = 3,000 x 60, 4.3 M 
   against a bare pyarrow read of the same two files (``pyarrow.csv.read_csv`` / ``pyarrow.parquet
   .read_table``, all columns, default options) also in a fresh process;
 - for 1 and 2 training processes (``dist.nproc_per_node=2`` over gloo, which maps one shared copy of the
-  arrays through ``aline.shared_arrays``): peak RSS of every process (the loading parent and each rank),
+  arrays through ``aline.data.shared``): peak RSS of every process (the loading parent and each rank),
   PSS (proportional set size: shared pages divided among the processes that map them, so PSS adds up
   across processes) after each rank has made one full pass over its shard of train and val as an epoch
   does, and training windows/s over a fixed number of optimisation steps of the default model;
@@ -94,10 +94,10 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
     import torch
     from ignite.engine import Events
 
-    from aline.dataset import Normalizer, WindowDataset
-    from aline.engine import make_loader, setup_trainer
-    from aline.model import build_model, unwrap
+    from aline.data.dataset import Normalizer, WindowDataset
+    from aline.model.network import build_model, unwrap
     from aline.train import build_optimizer
+    from aline.training.engine import make_loader, setup_trainer
 
     torch.manual_seed(cfg.seed)
     normalizer = Normalizer.fit(splits["train"])
@@ -143,7 +143,7 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
 def _rank(local_rank: int, cfg, handles, steps: int, warmup: int, out_dir: str) -> None:
     import ignite.distributed as idist
 
-    from aline.shared_arrays import open_splits
+    from aline.data.shared import open_splits
 
     result = _steps(cfg, open_splits(handles), steps, warmup)
     Path(out_dir, f"rank{idist.get_rank()}.json").write_text(json.dumps(result))
@@ -154,7 +154,7 @@ def worker_train(data_dir: str, nproc: int, steps: int, warmup: int) -> dict[str
 
     from aline.config import load_config
     from aline.data import load_splits
-    from aline.shared_arrays import shared_splits
+    from aline.data.shared import shared_splits
 
     cfg = load_config(None, [f"data.dir={data_dir}"])
     base = smaps()["rss"]  # interpreter, torch, ignite, aline: before any data

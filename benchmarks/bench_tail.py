@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from aline import contract as C
-from aline.runview import RunData
+from aline.monitor.runview import RunData
 
 
 def metrics_lines(rng: np.random.Generator, start: int, n: int) -> str:

@@ -25,11 +25,11 @@ from sklearn.metrics import roc_auc_score
 
 from aline.config import load_config
 from aline.data import load_splits
-from aline.dataset import Normalizer, WindowDataset
-from aline.engine import make_loader
-from aline.loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
-from aline.model import build_model
+from aline.data.dataset import Normalizer, WindowDataset
+from aline.model.network import build_model
 from aline.train import build_optimizer, pool_for, resolve_config, setup_run
+from aline.training.engine import make_loader
+from aline.training.loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
 
 
 def bare_loop(cfg, splits, epochs: int) -> float:

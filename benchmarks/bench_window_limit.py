@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from aline.exact import ExactResult, SplitInputs, read_exact_inputs
+from aline.simulator.exact import ExactResult, SplitInputs, read_exact_inputs
 
 CAFFEINE_BINS = (0.5, 100.0, 200.0)  # mg a day: none, some, habitual-sized, large
 

@@ -15,8 +15,8 @@ import yaml
 from aline import contract
 from aline.config import DEFAULT_FEATURES, DEFAULT_LATENTS, Config, load_config
 from aline.data import read_split
-from aline.dataset import Normalizer
-from aline.model import build_model
+from aline.data.dataset import Normalizer
+from aline.model.network import build_model
 
 HOURS = 24
 

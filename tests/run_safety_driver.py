@@ -12,8 +12,8 @@ Used by tests/test_run_safety.py to stop a real training process at exact points
 
 Then it runs the trainer's console entry point (``aline.train.cli``, or ``main`` in versions without it).
 
-Only public classes of ``aline.handlers`` / ``aline.engine`` are patched, so the same driver runs against
-older versions of the trainer.
+Only public classes of ``aline.training.handlers`` / ``aline.training.engine`` are patched, so the same
+driver runs against older versions of the trainer.
 """
 
 from __future__ import annotations
@@ -27,9 +27,16 @@ from pathlib import Path
 
 import torch
 
-import aline.engine as engine_mod
 import aline.train as train_mod
-from aline import contract, handlers
+from aline import contract
+
+try:
+    from aline.training import engine as engine_mod
+    from aline.training import handlers
+except ImportError:  # versions before the modules were grouped by concern
+    import aline.engine as engine_mod  # type: ignore[no-redef]
+
+    from aline import handlers  # type: ignore[no-redef]
 
 
 def _die() -> None:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from aline import asking
 from aline.config import load_config
 from aline.data import RawSplit
-from aline.loop import LoopSpec, loop_eval, loop_loss, resolve_reward
-from aline.model import AlineModel
+from aline.model import asking
+from aline.model.network import AlineModel
+from aline.training.loop import LoopSpec, loop_eval, loop_loss, resolve_reward
 
 HOURS = 24
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from aline.config import DEFAULT_FEATURES, DEFAULT_LATENTS, ColumnsConfig, DataConfig
 from aline.data import HOURS, DataError, RawSplit, load_splits, read_split
-from aline.dataset import Normalizer, WindowDataset, keep_batch
+from aline.data.dataset import Normalizer, WindowDataset, keep_batch
 
 COLS = ColumnsConfig()
 F, Z = len(DEFAULT_FEATURES), len(DEFAULT_LATENTS)

@@ -17,12 +17,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from aline import contract, evaluate
+from aline import contract, evaluate, scoring
 from aline import predict as predict_mod
 from aline.config import load_config
 from aline.data import read_split
-from aline.dataset import Normalizer, WindowDataset
-from aline.model import build_model
+from aline.data.dataset import Normalizer, WindowDataset
+from aline.evaluation import baselines
+from aline.model.network import build_model
 
 REQUIRED_TOP = {"auc", "pr_auc", "brier", "ece", "post_mse", "oracle", "policy"}
 REQUIRED_ORACLE = {"auc", "brier", "ece", "post_mse_floor"}
@@ -54,11 +55,11 @@ def test_policy_values_match_brute_force_over_all_hour_sets() -> None:
     k = 3
     combos = np.array(list(itertools.combinations(range(24), k)))  # [2024, 3]
     per_set = qv[:, combos].sum(axis=2)  # [4, 2024]
-    np.testing.assert_allclose(evaluate.oracle_value(qv, k), per_set.max(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(scoring.oracle_value(qv, k), per_set.max(axis=1), rtol=1e-12)
     # Uniform k distinct hours: the mean over every k-subset.
-    np.testing.assert_allclose(evaluate.random_value(qv, k), per_set.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(baselines.random_value(qv, k), per_set.mean(axis=1), rtol=1e-12)
     best_set = combos[np.argmax(per_set.sum(axis=0))]
-    np.testing.assert_array_equal(evaluate.best_fixed_hours(qv, k), best_set)
+    np.testing.assert_array_equal(scoring.best_fixed_hours(qv, k), best_set)
 
 
 def test_policy_shares_oracle_is_one_and_baselines_below() -> None:
@@ -67,8 +68,8 @@ def test_policy_shares_oracle_is_one_and_baselines_below() -> None:
     k = 3
     top = np.argsort(-qv, axis=1)[:, :k]
     bottom = np.argsort(qv, axis=1)[:, :k]
-    shares = evaluate.policy_shares(
-        qv, k, trained=top, uncertainty=bottom, best_fixed=evaluate.best_fixed_hours(qv, k)
+    shares = baselines.policy_shares(
+        qv, k, trained=top, uncertainty=bottom, best_fixed=scoring.best_fixed_hours(qv, k)
     )
     assert shares["oracle"] == pytest.approx(1.0)
     assert shares["trained"] == pytest.approx(1.0)  # choosing each window's best hours is the oracle
@@ -83,7 +84,7 @@ def test_policy_shares_oracle_is_one_and_baselines_below() -> None:
 def test_policy_shares_are_nan_without_any_query_value() -> None:
     qv = np.zeros((5, 24))
     hours = np.tile(np.arange(3), (5, 1))
-    shares = evaluate.policy_shares(qv, 3, trained=hours, uncertainty=hours, best_fixed=np.arange(3))
+    shares = baselines.policy_shares(qv, 3, trained=hours, uncertainty=hours, best_fixed=np.arange(3))
     assert all(np.isnan(v) for v in shares.values())
 
 
@@ -431,7 +432,7 @@ def test_random_value_over_the_pool_is_the_mean_over_every_pool_subset() -> None
     pool[0] = False
     pool[1, :] = False
     pool[1, [4, 9]] = True  # fewer pool hours than k: both are asked
-    got = evaluate.random_value(qv, 3, pool)
+    got = baselines.random_value(qv, 3, pool)
     for i in range(6):
         hours = np.flatnonzero(pool[i])
         subsets = list(itertools.combinations(hours, min(3, len(hours)))) if len(hours) else [()]

@@ -1,4 +1,4 @@
-"""aline.exact against brute-force Gaussian conditioning of whole windows, and against the simulator's CSV."""
+"""aline.simulator.exact against brute-force Gaussian conditioning of windows and the simulator's CSV."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from gaussref import condition, joint_prior
 
 from aline.config import DEFAULT_LATENTS
-from aline.exact import exact_posterior, load_exact_split
-from aline.simmodel import ASKED, INPUTS, MEASUREMENTS, context, expected_sigmoid
 from aline.simulate import simulate
+from aline.simulator.exact import exact_posterior, load_exact_split
+from aline.simulator.generative import ASKED, INPUTS, MEASUREMENTS, context, expected_sigmoid
 
 K = 2  # index of the asked measurement in the random problems
 
@@ -255,6 +255,6 @@ def test_simulator_and_exact_import_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, aline.exact, aline.simulate; print('torch' in sys.modules)"
+    code = "import sys, aline.simulator.exact, aline.simulate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -1,4 +1,4 @@
-"""Tests of aline.handlers, each on a real ignite Engine with tiny fake data."""
+"""Tests of aline.training.handlers, each on a real ignite Engine with tiny fake data."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from aline import handlers as H
 from aline.config import Config, EarlyStopConfig, SchedConfig
 from aline.contract import (
     CALIBRATION_HEADER,
@@ -30,6 +29,7 @@ from aline.contract import (
     VAL_METRICS,
 )
 from aline.scoring import calibration_table
+from aline.training import handlers as H
 
 # --- helpers ----------------------------------------------------------------------------------------------
 

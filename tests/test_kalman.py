@@ -7,7 +7,7 @@ import pytest
 from gaussref import condition as _condition
 from gaussref import joint_prior as _joint_prior
 
-from aline.kalman import smooth
+from aline.simulator.kalman import smooth
 
 
 def _random_problem(seed: int, n: int = 4, T: int = 7, Z: int = 4, M: int = 3):

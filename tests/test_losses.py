@@ -11,7 +11,8 @@ from scipy import stats
 
 from aline.config import Config
 from aline.contract import LOSS_COLUMNS
-from aline.losses import (
+from aline.model.network import AlineModel
+from aline.training.losses import (
     bce_loss,
     composite_loss,
     gumbel_topk,
@@ -23,7 +24,6 @@ from aline.losses import (
     select_topk_hours,
     uncertainty_reward,
 )
-from aline.model import AlineModel
 
 DT = torch.float64
 

@@ -1,4 +1,4 @@
-"""aline.metrics against scikit-learn / NumPy references, fed through a real ignite Engine and directly."""
+"""aline.training.metrics against scikit-learn / NumPy references, via a real ignite Engine and directly."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ignite.exceptions import NotComputableError
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from aline import contract
-from aline.metrics import (
+from aline.training.metrics import (
     CALIBRATION_METRIC,
     ECE,
     ROCAUC,

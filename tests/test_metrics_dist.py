@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DistributedSampler
 
 from aline import contract
-from aline.metrics import CALIBRATION_METRIC, TOPK_METRIC, attach_validation_metrics
+from aline.training.metrics import CALIBRATION_METRIC, TOPK_METRIC, attach_validation_metrics
 
 N, K, HOURS, WORLD = 101, 3, 24, 2  # N odd: the sampler must pad one share
 

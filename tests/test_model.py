@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aline.config import Config, load_config
-from aline.model import AlineModel, AlineOutput, build_model
+from aline.model.network import AlineModel, AlineOutput, build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -231,7 +231,7 @@ def test_downloads_hold_the_full_tables_with_iso_times_and_whole_epochs(one_run)
 
     import pandas as pd
 
-    from aline.runview import RunData, table_csv_bytes
+    from aline.monitor.runview import RunData, table_csv_bytes
 
     root, fx = one_run
     run = RunData(root, RUN_A)

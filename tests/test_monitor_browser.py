@@ -184,7 +184,7 @@ def open_page(site: dict, runs: list[str]):
     return page
 
 
-# Plotly charts on the page, found by the chart name that aline.charts puts in layout.meta.
+# Plotly charts on the page, found by the chart name that aline.monitor.charts puts in layout.meta.
 CHARTS_JS = """() => {
   const out = {};
   for (const el of document.querySelectorAll('.js-plotly-plot')) {

@@ -1,4 +1,4 @@
-"""Console progress (aline.progress) on a real ignite Engine: plain lines when stderr is not a terminal."""
+"""Console progress (aline.training.progress) on a real ignite Engine: plain lines off a terminal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 from ignite.engine import Engine
 
-from aline.progress import attach_progress
+from aline.training.progress import attach_progress
 
 
 def run_engine(stream: io.StringIO, epochs: int, length: int, every_pct: float = 10.0) -> list[str]:

@@ -1,11 +1,11 @@
-"""Drawing helpers of the monitor (aline.plotscale) against brute-force references."""
+"""Drawing helpers of the monitor (aline.monitor.plotscale) against brute-force references."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aline.plotscale import diverged, downsample, integer_ticks, robust_range
+from aline.monitor.plotscale import diverged, downsample, integer_ticks, robust_range
 
 
 def brute_extremes(y: np.ndarray, buckets: int) -> set[int]:

@@ -16,8 +16,8 @@ from evalhelp import make_run
 from aline import contract, evaluate, predict
 from aline.config import DEFAULT_FEATURES, load_config
 from aline.data import DataError, read_split
-from aline.dataset import Normalizer, WindowDataset
-from aline.model import build_model
+from aline.data.dataset import Normalizer, WindowDataset
+from aline.model.network import build_model
 
 
 class NotWeights:

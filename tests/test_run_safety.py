@@ -100,7 +100,7 @@ def test_same_name_same_second_gets_two_folders(
         def now(cls, tz=None):
             return dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
 
-    for module in ("aline.train", "aline.ownership"):  # wherever this version names the folder
+    for module in ("aline.train", "aline.training.ownership"):  # wherever this version names the folder
         if module in sys.modules:
             monkeypatch.setattr(sys.modules[module], "datetime", Frozen, raising=False)
     runs = tmp_path / "runs"
@@ -117,7 +117,7 @@ def test_same_name_same_second_gets_two_folders(
 
 
 def test_run_folders_are_created_exclusively_under_contention(tmp_path: Path) -> None:
-    from aline.ownership import create_run_dir
+    from aline.training.ownership import create_run_dir
 
     made: list[Path] = []
     threads = [
@@ -210,7 +210,7 @@ def test_resume_cuts_rows_logged_after_the_checkpoint(data: Path, tmp_path: Path
 
 
 def test_owner_liveness_on_this_and_other_hosts() -> None:
-    from aline.ownership import Holder
+    from aline.training.ownership import Holder
 
     now = 1_000_000.0
     fresh, stale = now - 1.0, now - contract.HEARTBEAT_STALE_S - 1.0
@@ -238,7 +238,7 @@ def _dead_pid() -> int:
 
 
 def test_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_path: Path) -> None:
-    from aline.ownership import LOCK_FILE, OwnershipError, RunOwner, run_holder
+    from aline.training.ownership import LOCK_FILE, OwnershipError, RunOwner, run_holder
 
     owner = RunOwner(tmp_path).acquire()
     with pytest.raises(OwnershipError, match=rf"pid {os.getpid()} on host {re.escape(socket.gethostname())}"):
@@ -262,7 +262,7 @@ def test_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_path: Path)
 
 
 def test_status_heartbeat_is_refreshed_while_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import aline.handlers.status as status_mod
+    import aline.training.handlers.status as status_mod
 
     monkeypatch.setattr(status_mod, "HEARTBEAT_INTERVAL_S", 0.05)
     monkeypatch.setattr(status_mod, "utc_now", lambda: f"{time.time():.6f}")  # finer than seconds
@@ -330,7 +330,7 @@ def test_divergence_names_the_gradient_logs_the_row_and_exits_promptly(data: Pat
 
 
 def test_divergence_in_a_parameter_is_named(tmp_path: Path) -> None:
-    from aline.handlers import RunStatus, attach_status, attach_terminate_on_nan
+    from aline.training.handlers import RunStatus, attach_status, attach_terminate_on_nan
 
     model = torch.nn.Linear(2, 1)
 
@@ -350,7 +350,7 @@ def test_divergence_in_a_parameter_is_named(tmp_path: Path) -> None:
 
 
 def test_divergence_of_the_loss_keeps_its_name(tmp_path: Path) -> None:
-    from aline.handlers import RunStatus, attach_status, attach_terminate_on_nan
+    from aline.training.handlers import RunStatus, attach_status, attach_terminate_on_nan
 
     trainer = Engine(lambda e, b: {"loss": float("nan") if e.state.iteration == 3 else 1.0, "grad_norm": 1.0})
     attach_terminate_on_nan(trainer)
@@ -437,7 +437,7 @@ def test_monitor_started_from_another_folder_listens_on_loopback_only(tmp_path: 
 
 
 def test_aline_monitor_launcher_forces_local_defaults_unless_asked() -> None:
-    from aline.monitor_cli import build_command
+    from aline.monitor.cli import build_command
 
     cmd = build_command(["--runs", "myruns", "--server.port=9999"])
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("app/monitor.py")

@@ -11,7 +11,7 @@ import pytest
 from monitor_fixtures import HEADER, append_lines, csv_line, train_row, write_half_run, write_run
 
 from aline import contract as C
-from aline.runview import RunData, list_runs, read_status, resolve_run, runs_root_from, summarize
+from aline.monitor.runview import RunData, list_runs, read_status, resolve_run, runs_root_from, summarize
 
 
 @pytest.mark.parametrize("name", ["..", ".", "../other", "a/b", "/etc", "", "x\\..\\y"])

@@ -1,4 +1,4 @@
-"""aline.shared_arrays: one on-disk copy of the splits, mapped read-only by every rank."""
+"""aline.data.shared: one on-disk copy of the splits, mapped read-only by every rank."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from aline.config import DataConfig
 from aline.data import load_splits
-from aline.dataset import Normalizer, WindowDataset
-from aline.shared_arrays import SharedSplit, open_splits, shared_splits
+from aline.data.dataset import Normalizer, WindowDataset
+from aline.data.shared import SharedSplit, open_splits, shared_splits
 from aline.simulate import simulate
 
 

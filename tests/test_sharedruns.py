@@ -1,4 +1,4 @@
-"""The monitor's cross-session cache (aline.sharedruns): one RunData per run, figures kept under their key."""
+"""The monitor's cross-session cache (aline.monitor.sharedruns): one RunData per run, figures by key."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 from monitor_fixtures import write_run
 
-from aline.sharedruns import SharedRuns, locked
+from aline.monitor.sharedruns import SharedRuns, locked
 
 
 def test_one_rundata_per_run_and_least_recently_used_out(tmp_path) -> None:

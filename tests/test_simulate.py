@@ -13,8 +13,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from aline.config import DEFAULT_FEATURES, DEFAULT_LATENTS, SPLITS
-from aline.simmodel import ASKED, INPUTS, MEASUREMENTS, context
-from aline.simulate import default_params, expected_sigmoid, generate, main, simulate
+from aline.simulate import main, simulate
+from aline.simulator.generate import generate
+from aline.simulator.generative import ASKED, INPUTS, MEASUREMENTS, context, default_params, expected_sigmoid
 
 SMALL = {"subjects": 20, "days": 8, "seed": 3}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from monitor_fixtures import tensorboard_smooth
 
-from aline.smoothing import debiased_ema
+from aline.monitor.smoothing import debiased_ema
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3, 0.6, 0.9, 0.99])

@@ -1,4 +1,4 @@
-"""The learned state-space encoder against the exact NumPy Kalman smoother (aline.kalman) and by hand."""
+"""The learned state-space encoder against the exact Kalman smoother (aline.simulator.kalman) and by hand."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aline import kalman
-from aline.model import AlineModel
-from aline.ssm import VAR_FLOOR, KalmanEncoder
+from aline.model.network import AlineModel
+from aline.model.ssm import VAR_FLOOR, KalmanEncoder
+from aline.simulator import kalman
 
 B, T, N_FEATURES, Z = 6, 24, 7, 3
 MEAS = [2, 4, 6]
@@ -58,7 +58,7 @@ def test_smoothed_posterior_equals_the_exact_numpy_smoother() -> None:
     obs = mask[..., MEAS].numpy() > 0
     s0 = np.diag(F.softplus(enc.s0_raw).detach().numpy() + VAR_FLOOR)
     for i in range(B):
-        # aline.kalman starts from N(mu0, Sigma0) at hour 0; the encoder adds hour 0's drive and noise.
+        # aline.simulator.kalman starts from N(mu0, Sigma0) at hour 0; the encoder adds hour 0's drive, noise.
         post = kalman.smooth(
             y[i : i + 1],
             obs[i : i + 1],

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from monitor_fixtures import csv_line, train_row, val_row
 
-import aline.tail as tail_mod
+import aline.monitor.tail as tail_mod
 from aline import contract as C
-from aline.tail import CsvTailer, TailedTable
+from aline.monitor.tail import CsvTailer, TailedTable
 
 HEADER_LINE = ",".join(C.METRICS_HEADER) + "\n"
 

@@ -20,8 +20,8 @@ import aline.train as train_mod
 from aline import contract
 from aline.config import load_config
 from aline.data import read_split
-from aline.dataset import Normalizer, WindowDataset
-from aline.model import build_model
+from aline.data.dataset import Normalizer, WindowDataset
+from aline.model.network import build_model
 from aline.simulate import simulate
 
 TINY_MODEL = [
@@ -192,7 +192,7 @@ def test_bad_input_exits_2_without_traceback_or_run_folder(
 def test_nan_loss_marks_the_run_failed(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import aline.engine as engine_mod
+    import aline.training.engine as engine_mod
 
     real = engine_mod.loop_loss
 
@@ -234,8 +234,8 @@ def test_default_data_folder_is_simulated_explicit_one_is_not(
 @pytest.mark.slow
 def test_two_processes_log_the_metrics_one_process_computes(tiny_data: Path, tmp_path: Path) -> None:
     """A 2-process gloo run's validation figures equal a 1-process evaluation of the same checkpoint."""
-    from aline.engine import make_loader, setup_evaluator
-    from aline.metrics import attach_validation_metrics
+    from aline.training.engine import make_loader, setup_evaluator
+    from aline.training.metrics import attach_validation_metrics
 
     cfg = tiny_config(
         tiny_data, tmp_path / "runs", "trainer.epochs=1", "dist.nproc_per_node=2", "dist.backend=gloo"

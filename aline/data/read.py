@@ -1,0 +1,165 @@
+"""One split read and validated: :func:`read_split` turns a long file into a :class:`RawSplit` of
+``[N, 24, ...]`` arrays, windows sorted by id (see the package docstring for what counts as missing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aline.config import ColumnsConfig
+from aline.contract import HOURS
+from aline.data.columns import plan_columns, read_header
+from aline.data.csv_input import parse_csv
+from aline.data.errors import DataError, bad_rows_error, fmt_value, is_parquet
+from aline.data.parquet_input import read_parquet
+from aline.data.validate import check_values, id_codes, numeric_numpy, window_order
+
+
+@dataclass(frozen=True)
+class RawSplit:
+    """One split as un-normalised NumPy arrays; windows sorted by id, hours 0..23 along axis 1."""
+
+    path: Path
+    window_id: np.ndarray  # [N] object: ids as written (str), sorted (by value when all are whole numbers)
+    features: np.ndarray  # [N, 24, F] float32, NaN where missing
+    feature_names: tuple[str, ...]
+    z: np.ndarray | None  # [N, 24, Z] float32
+    sigma: np.ndarray | None  # [N, 24, Z] float32 posterior std
+    post_mean: np.ndarray | None  # [N, 24, Z] float32 posterior mean
+    y: np.ndarray | None  # [N] float32 in {0, 1}
+    query_value: np.ndarray | None  # [N, 24] float32
+    p_bayes: np.ndarray | None  # [N] float32
+    p_true: np.ndarray | None  # [N] float32
+    # Optional per-window or per-hour arrays go here as fields with a None default, read in read_split
+    # like the ones above (a per-hour [N, 24] array through ``hourly``), and reach the model through
+    # WindowDataset's ``optional`` table.
+    subject_id: np.ndarray | None = None  # [N] object (str), as written
+    # The closed loop (data.columns.answers): the answer to the asked feature if asked at each hour.
+    answers: np.ndarray | None = None  # [N, 24] float32, NaN where it cannot be asked
+    asked_feature: str | None = None  # the feature those answers fill
+
+    def __len__(self) -> int:
+        return int(self.window_id.shape[0])
+
+
+def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: bool = True) -> RawSplit:
+    """Read and validate one long CSV, or a Parquet file when the name ends in ``.parquet``.
+
+    ``require_targets=True`` (training, evaluation) also needs the label and reads the optional roles the
+    file has; ``require_targets=False`` (prediction input) reads only the window id, hour and feature
+    columns and ignores every other column."""
+    path = Path(path)
+    header = read_header(path)
+    plan = plan_columns(path, header, columns, require_targets)
+    table = read_parquet(path, plan) if is_parquet(path) else parse_csv(path, header, plan)
+    n_rows = table.num_rows
+    if n_rows == 0:
+        raise DataError(f"{path}: no data rows below the header")
+
+    # Each column is let go once it is in the arrays: the parsed table and the arrays never both sit in
+    # memory whole (peak memory at 10x data, benchmarks/bench_scale.py).
+    parsed = {name: table.column(name) for name in table.column_names}
+    del table
+
+    def col(name: str) -> np.ndarray:
+        return numeric_numpy(parsed.pop(name))  # [rows] float32, NaN for empty cells
+
+    id_col = parsed.pop(plan.window_id)
+    if id_col.null_count:
+        rows = np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False))
+        raise bad_rows_error(path, plan.window_id, "missing window id", rows)
+    # Any text is an id; windows are ordered by id (numerically when all ids are whole numbers).
+    wid, id_names = id_codes(id_col)  # [rows] int64, [N] object (str)
+    hour = col(plan.hour)  # [rows]
+    check_values(path, plan.hour, hour, allow_missing=False, lo=0, hi=HOURS - 1)
+    whole = hour == np.round(hour)
+    if not whole.all():
+        rows = np.flatnonzero(~whole)
+        raise bad_rows_error(
+            path, plan.hour, "hours must be whole numbers", rows, lambda r: fmt_value(hour[r])
+        )
+
+    order, blocks, n = window_order(path, plan, wid, hour, lambda c: repr(id_names[c]))
+
+    def arrange(v: np.ndarray) -> np.ndarray:
+        """[rows] in file order → [N, 24] sorted by window, then hour."""
+        if blocks is not None:
+            return v.reshape(n, HOURS)[blocks]
+        return (v if order is None else v[order]).reshape(n, HOURS)
+
+    wid_sorted = id_names[arrange(wid)[:, 0]]  # [N] ids as written
+
+    def blank(names: list[str] | str | None) -> bool:
+        # An optional column left entirely empty is absent.
+        if names is None:
+            return True
+        names = [names] if isinstance(names, str) else names
+        return all(parsed[c].null_count == n_rows for c in names)
+
+    def hourly(names: list[str], allow_missing: bool, lo: float | None = None) -> np.ndarray:
+        out = np.empty((n, HOURS, len(names)), dtype=np.float32)  # [N, 24, k]
+        for j, name in enumerate(names):
+            v = col(name)
+            check_values(path, name, v, allow_missing=allow_missing, lo=lo)
+            out[:, :, j] = arrange(v)
+        return out
+
+    def not_constant(name: str, grid: np.ndarray) -> None:
+        differs = np.flatnonzero((grid != grid[:, :1]).any(axis=1))
+        if len(differs):
+            rows = (np.arange(n * HOURS) if order is None else order).reshape(n, HOURS)[differs].ravel()
+            wids = ", ".join(repr(wid_sorted[i]) for i in differs[:3])
+            raise bad_rows_error(
+                path,
+                name,
+                f"must be the same on all {HOURS} rows of a window; differs in window {wids}",
+                rows,
+            )
+
+    def per_window(name: str, **limits: object) -> np.ndarray:
+        v = col(name)
+        check_values(path, name, v, allow_missing=False, **limits)  # type: ignore[arg-type]
+        grid = arrange(v)  # [N, 24]
+        not_constant(name, grid)
+        return grid[:, 0].astype(np.float32)
+
+    def subjects(name: str | None) -> np.ndarray | None:
+        if name is None or blank(name):
+            return None
+        column = parsed.pop(name)
+        if column.null_count:
+            rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+            raise bad_rows_error(path, name, "missing subject id", rows)
+        codes, names = id_codes(column)
+        grid = arrange(codes)  # [N, 24]
+        not_constant(name, grid)
+        return names[grid[:, 0]]
+
+    features = hourly(plan.features, allow_missing=True)
+    z = None if plan.latents is None else hourly(plan.latents, allow_missing=False)
+    sigma = None if blank(plan.sigma) else hourly(plan.sigma, allow_missing=False, lo=0.0)
+    post_mean = None if blank(plan.post_mean) else hourly(plan.post_mean, allow_missing=False)
+    y = None if plan.label is None else per_window(plan.label, allowed=(0.0, 1.0))
+    qv = plan.query_value
+    query_value = None if blank(qv) else hourly([qv], allow_missing=False).reshape(n, HOURS)
+    p_bayes = None if blank(plan.p_bayes) else per_window(plan.p_bayes, lo=0.0, hi=1.0)
+    p_true = None if blank(plan.p_true) else per_window(plan.p_true, lo=0.0, hi=1.0)
+    answers = None if blank(plan.answer) else hourly([plan.answer], allow_missing=True).reshape(n, HOURS)
+    return RawSplit(
+        path=path,
+        window_id=wid_sorted,
+        features=features,
+        feature_names=tuple(plan.features),
+        z=z,
+        sigma=sigma,
+        post_mean=post_mean,
+        y=y,
+        query_value=query_value,
+        p_bayes=p_bayes,
+        p_true=p_true,
+        subject_id=subjects(plan.subject_id),
+        answers=answers,
+        asked_feature=None if answers is None else columns.asked_feature,
+    )
