@@ -440,7 +440,7 @@ def test_aline_monitor_launcher_forces_local_defaults_unless_asked() -> None:
     from aline.monitor.cli import build_command
 
     cmd = build_command(["--runs", "myruns", "--server.port=9999"])
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("app/monitor.py")
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == (ROOT / "app" / "monitor.py").resolve()
     assert "--server.address=127.0.0.1" in cmd and "--browser.gatherUsageStats=false" in cmd
     assert cmd[-3:] == ["--", "--runs", "myruns"] and "--server.port=9999" in cmd
     explicit = build_command(["--server.address=0.0.0.0"])

@@ -20,7 +20,7 @@ LOCAL_DEFAULTS = {
 
 
 def monitor_script() -> Path:
-    return Path(__file__).resolve().parents[1] / "app" / "monitor.py"
+    return Path(__file__).resolve().parents[2] / "app" / "monitor.py"
 
 
 def build_command(argv: list[str]) -> list[str]:
