@@ -14,7 +14,10 @@ $ALINE_CHROMIUM). Reported:
   in stages, so the last two differ);
 - refresh cost: CPU seconds the server spends per refresh (per 2 s interval, both live parts), over a quiet
   window and over a window in which a writer appends 4 rows/s to the shown run; and the delay from an
-  append to the chart showing it.
+  append to the chart showing it;
+- the floor: the same times for two one-element Streamlit pages served the same way (a title and a
+  10-row ``st.dataframe``; a title and one plotly line of 2,000 points), i.e. what Streamlit and plotly
+  alone take on this machine, and the monitor's times as multiples of them (``--no-floor`` skips it).
 Figures depend on the machine's load: on a shared machine compare them within one run, not across runs.
 """
 
@@ -160,30 +163,30 @@ def report(key: str, value: object) -> None:
         print(f"{key:34s} {value}", flush=True)
 
 
-def time_page(ctx, url: str, timeout_s: float = 300) -> dict[str, float]:
-    """Seconds from navigation to the runs table, the first chart and all charts; the page stays open
-    under ``out["page"]``."""
+def time_page(ctx, url: str, keys=("table", "chart", "all"), timeout_s: float = 300) -> dict[str, float]:
+    """Seconds from navigation to the runs table, the first chart and all charts (``keys`` of them); the
+    page stays open under ``out["page"]``."""
     page = ctx.new_page()
     t0 = time.perf_counter()
     page.goto(url, wait_until="commit")
     out = {}
-    for key in ("table", "chart", "all"):
+    for key in keys:
         page.wait_for_function(PAGE_JS[key], timeout=timeout_s * 1000, polling=50)
         out[key] = time.perf_counter() - t0
     out["page"] = page
     return out
 
 
-def time_pages(ctx, url: str, repeat: int) -> tuple[dict[str, str], object]:
+def time_pages(ctx, url: str, repeat: int, keys=("table", "chart", "all")) -> tuple[dict[str, str], object]:
     """``repeat`` new pages on ``url``, one after the other; median (min–max) of each time, and the last
     page, left open."""
-    times: dict[str, list[float]] = {"table": [], "chart": [], "all": []}
+    times: dict[str, list[float]] = {k: [] for k in keys}
     page = None
     for _ in range(repeat):
         if page is not None:
             page.close()
             time.sleep(1.0)  # let the closed session's last refresh end
-        got = time_page(ctx, url)
+        got = time_page(ctx, url, keys)
         page = got.pop("page")
         for key, value in got.items():
             times[key].append(value)
@@ -191,7 +194,76 @@ def time_pages(ctx, url: str, repeat: int) -> tuple[dict[str, str], object]:
         k: f"{np.median(v):.2f} s" + (f" ({min(v):.2f}–{max(v):.2f})" if len(v) > 1 else "")
         for k, v in times.items()
     }
+    MEDIANS[url] = {k: float(np.median(v)) for k, v in times.items()}
     return summary, page
+
+
+MEDIANS: dict[str, dict[str, float]] = {}  # url -> median seconds per key, for the floor ratios
+FLOOR_TABLE_APP = """import streamlit as st
+st.title("floor")
+st.dataframe([{"run": f"run-{i:02d}", "state": "finished", "auc": 0.75} for i in range(10)], hide_index=True)
+"""
+FLOOR_CHART_APP = """import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+st.title("floor")
+x = np.arange(2000)
+st.plotly_chart(go.Figure(go.Scatter(x=x, y=np.sin(x / 100.0), mode="lines")))
+"""
+
+
+def start_server(script: Path, script_args: list[str]) -> tuple[subprocess.Popen, str]:
+    """``streamlit run script`` on a free local port, once it answers its health check."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+        "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none", "--", *script_args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                if resp.read().strip() == b"ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+def floor(repeat: int, tmp: Path, results: dict[str, object]) -> None:
+    """Times of one-element Streamlit pages (a table; a plotly chart), warm, and the monitor's as ratios."""
+    from playwright.sync_api import sync_playwright
+
+    monitor = results.get("warm_newest_run_medians") or {}
+    for name, app, key in (("table", FLOOR_TABLE_APP, "table"), ("chart", FLOOR_CHART_APP, "chart")):
+        script = tmp / f"floor_{name}.py"
+        script.write_text(app)
+        proc, url = start_server(script, [])
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+                ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+                time_pages(ctx, url, 1, (key,))[1].close()  # the cold page pays the imports
+                summary, page = time_pages(ctx, url, repeat, (key,))
+                page.close()
+                browser.close()
+        finally:
+            stop_server(proc)
+        report(f"floor_streamlit_{name}_warm", summary)
+        if key in monitor:
+            ratio = monitor[key] / MEDIANS[url][key]
+            results[f"monitor_{key}_over_floor"] = ratio
+            report(f"warm_newest_run {key} / floor", f"{ratio:.2f}x")
 
 
 def main() -> int:
@@ -200,6 +272,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=2000, help="metrics rows per run")
     ap.add_argument("--window", type=float, default=10.0, help="seconds per refresh-cost window")
     ap.add_argument("--repeat", type=int, default=1, help="warm pages per case (median reported)")
+    ap.add_argument("--no-floor", action="store_true", help="skip the one-element Streamlit pages")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -210,27 +283,9 @@ def main() -> int:
     print(
         f"wrote {args.runs} runs x {args.rows} rows in {time.perf_counter() - t:.1f} s (not measured below)"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app/monitor.py", "--server.port", str(port),
-        "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none", "--", "--runs", str(root),
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(REPO / "app" / "monitor.py", ["--runs", str(root)])
     results: dict[str, object] = {"runs": args.runs, "rows": args.rows}
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                    if resp.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.2)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
             ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -246,6 +301,7 @@ def main() -> int:
             # Last, so that its page is the one left open for the refresh cost below.
             warm, page = time_pages(ctx, url, args.repeat)
             results["warm_newest_run"] = warm
+            results["warm_newest_run_medians"] = MEDIANS[url]
             report("warm_newest_run", warm)
             # Refresh cost: server CPU per refresh interval, quiet, then while rows are appended.
             page.wait_for_timeout(3000)
@@ -274,9 +330,10 @@ def main() -> int:
             page.close()
             browser.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_server(proc)
+    if not args.no_floor:
+        floor(args.repeat, tmp, results)
+    shutil.rmtree(tmp, ignore_errors=True)
     for key in (
         "server_cpu_s_per_refresh_quiet",
         "server_cpu_s_per_refresh_new_rows",
