@@ -15,9 +15,9 @@ $ALINE_CHROMIUM). Reported:
 - refresh cost: CPU seconds the server spends per refresh (per 2 s interval, both live parts), over a quiet
   window and over a window in which a writer appends 4 rows/s to the shown run; and the delay from an
   append to the chart showing it;
-- the floor: the same times for two one-element Streamlit pages served the same way (a title and a
-  10-row ``st.dataframe``; a title and one plotly line of 2,000 points), i.e. what Streamlit and plotly
-  alone take on this machine, and the monitor's times as multiples of them (``--no-floor`` skips it).
+- the floor: the same times for three minimal Streamlit pages served the same way (a title alone; a title
+  and a 10-row ``st.dataframe``; a title and one plotly line of 2,000 points), i.e. what Streamlit and
+  plotly alone take on this machine, and the monitor's times as multiples of them (``--no-floor`` skips it).
 Figures depend on the machine's load: on a shared machine compare them within one run, not across runs.
 """
 
@@ -150,7 +150,12 @@ LOSS_TIP_JS = """() => {
   }
   return null;
 }"""
-PAGE_JS = {"table": TABLE_JS, "chart": CHART_JS, "all": ALL_CHARTS_JS}
+PAGE_JS = {
+    "table": TABLE_JS,
+    "chart": CHART_JS,
+    "all": ALL_CHARTS_JS,
+    "title": "() => !!document.querySelector('h1')",
+}
 
 
 def report(key: str, value: object) -> None:
@@ -199,6 +204,9 @@ def time_pages(ctx, url: str, repeat: int, keys=("table", "chart", "all")) -> tu
 
 
 MEDIANS: dict[str, dict[str, float]] = {}  # url -> median seconds per key, for the floor ratios
+FLOOR_TITLE_APP = """import streamlit as st
+st.title("floor")
+"""
 FLOOR_TABLE_APP = """import streamlit as st
 st.title("floor")
 st.dataframe([{"run": f"run-{i:02d}", "state": "finished", "auc": 0.75} for i in range(10)], hide_index=True)
@@ -245,7 +253,12 @@ def floor(repeat: int, tmp: Path, results: dict[str, object]) -> None:
     from playwright.sync_api import sync_playwright
 
     monitor = results.get("warm_newest_run_medians") or {}
-    for name, app, key in (("table", FLOOR_TABLE_APP, "table"), ("chart", FLOOR_CHART_APP, "chart")):
+    floors = (
+        ("title", FLOOR_TITLE_APP, "title"),  # any Streamlit page: its first paint
+        ("table", FLOOR_TABLE_APP, "table"),
+        ("chart", FLOOR_CHART_APP, "chart"),
+    )
+    for name, app, key in floors:
         script = tmp / f"floor_{name}.py"
         script.write_text(app)
         proc, url = start_server(script, [])
