@@ -96,13 +96,16 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
 
     from aline.data.dataset import Normalizer, WindowDataset
     from aline.model.network import build_model, unwrap
-    from aline.train import build_optimizer
+    from aline.train import build_optimizer, pool_for, resolve_config
     from aline.training.engine import make_loader, setup_trainer
 
+    # The data-dependent choices (policy.reward=auto, loss.posterior=auto) and the question pool, as
+    # aline.train.setup_run makes them: the closed loop needs both.
+    cfg = resolve_config(cfg, splits)
     torch.manual_seed(cfg.seed)
     normalizer = Normalizer.fit(splits["train"])
-    train_set = WindowDataset(splits["train"], normalizer)
-    val_set = WindowDataset(splits["val"], normalizer)
+    train_set = WindowDataset(splits["train"], normalizer, pool=pool_for(cfg, splits["train"]))
+    val_set = WindowDataset(splits["val"], normalizer, pool=pool_for(cfg, splits["val"]))
     loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     model = build_model(cfg, n_features=len(normalizer.feature_names))
     model.init_prediction_bias(float(splits["train"].y.mean()))
