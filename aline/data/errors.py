@@ -10,7 +10,6 @@ import numpy as np
 
 # How many offending CSV lines an error message quotes before summarising the rest as a count.
 SHOWN = 5
-# pyarrow's threaded parse: on 2 idle cores the whole load of 432k rows took 0.30 s against 0.47 s with one
 
 
 class DataError(ValueError):
