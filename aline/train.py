@@ -104,6 +104,11 @@ def pool_for(cfg: Config, raw: RawSplit) -> np.ndarray:
     return pool_mask(raw, cfg.data.columns.asked_feature, cfg.policy.unaskable_when)
 
 
+def window_dataset(cfg: Config, raw: RawSplit, normalizer: Normalizer) -> WindowDataset:
+    """One split as the loaders serve it: normalised, with its question pool under this config."""
+    return WindowDataset(raw, normalizer, pool=pool_for(cfg, raw))
+
+
 def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
     """Columns that the chosen options need, checked before any run folder exists (exit 2, not a crash)."""
     cols = cfg.data.columns
@@ -337,8 +342,8 @@ def setup_run(
         normalizer = init.normalizer
     else:
         normalizer = Normalizer.fit(splits["train"])
-    train_set = WindowDataset(splits["train"], normalizer, pool=pool_for(cfg, splits["train"]))
-    val_set = WindowDataset(splits["val"], normalizer, pool=pool_for(cfg, splits["val"]))
+    train_set = window_dataset(cfg, splits["train"], normalizer)
+    val_set = window_dataset(cfg, splits["val"], normalizer)
     train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=cfg.seed)
 

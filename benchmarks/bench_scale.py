@@ -94,9 +94,9 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
     import torch
     from ignite.engine import Events
 
-    from aline.data.dataset import Normalizer, WindowDataset
+    from aline.data.dataset import Normalizer
     from aline.model.network import build_model, unwrap
-    from aline.train import build_optimizer, pool_for, resolve_config
+    from aline.train import build_optimizer, resolve_config, window_dataset
     from aline.training.engine import make_loader, setup_trainer
 
     # The data-dependent choices (policy.reward=auto, loss.posterior=auto) and the question pool, as
@@ -104,8 +104,8 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
     cfg = resolve_config(cfg, splits)
     torch.manual_seed(cfg.seed)
     normalizer = Normalizer.fit(splits["train"])
-    train_set = WindowDataset(splits["train"], normalizer, pool=pool_for(cfg, splits["train"]))
-    val_set = WindowDataset(splits["val"], normalizer, pool=pool_for(cfg, splits["val"]))
+    train_set = window_dataset(cfg, splits["train"], normalizer)
+    val_set = window_dataset(cfg, splits["val"], normalizer)
     loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     model = build_model(cfg, n_features=len(normalizer.feature_names))
     model.init_prediction_bias(float(splits["train"].y.mean()))

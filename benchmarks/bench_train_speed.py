@@ -25,9 +25,9 @@ from sklearn.metrics import roc_auc_score
 
 from aline.config import load_config
 from aline.data import load_splits
-from aline.data.dataset import Normalizer, WindowDataset
+from aline.data.dataset import Normalizer
 from aline.model.network import build_model
-from aline.train import build_optimizer, pool_for, resolve_config, setup_run
+from aline.train import build_optimizer, resolve_config, setup_run, window_dataset
 from aline.training.engine import make_loader
 from aline.training.loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
 
@@ -39,8 +39,8 @@ def bare_loop(cfg, splits, epochs: int) -> float:
     torch.manual_seed(cfg.seed)
     norm = Normalizer.fit(splits["train"])
     spec = LoopSpec.from_config(cfg)
-    train_set = WindowDataset(splits["train"], norm, pool=pool_for(cfg, splits["train"]))
-    val_set = WindowDataset(splits["val"], norm, pool=pool_for(cfg, splits["val"]))
+    train_set = window_dataset(cfg, splits["train"], norm)
+    val_set = window_dataset(cfg, splits["val"], norm)
     train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=0)
     val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=0)
     model = build_model(cfg, len(norm.feature_names))
