@@ -188,6 +188,18 @@ def _finish_axes(layout: dict, x_mode: str, x_values: list[np.ndarray], n_panels
         axis.update(ticks)
 
 
+def _calibration_diagonal(run: RunData) -> dict:
+    """The dashed y = x line of a reliability chart (perfect calibration)."""
+    return _scatter(
+        [0, 1],
+        [0, 1],
+        mode="lines",
+        name="perfect calibration",
+        line={"color": "black", "dash": "dash", "width": 1},
+        meta={"run": run.name, "split": C.SPLIT_VAL, "column": "diagonal", "kind": "reference"},
+    )
+
+
 def _scatter(x, y, **kw) -> dict:
     return {
         "type": "scatter",
@@ -427,14 +439,7 @@ def reliability_figure(run: RunData, epoch: int) -> go.Figure:
             "yaxis": "y2",
             "meta": {"run": run.name, "split": C.SPLIT_VAL, "column": "count", "kind": "histogram"},
         },
-        _scatter(
-            [0, 1],
-            [0, 1],
-            mode="lines",
-            name="perfect calibration",
-            line={"color": "black", "dash": "dash", "width": 1},
-            meta={"run": run.name, "split": C.SPLIT_VAL, "column": "diagonal", "kind": "reference"},
-        ),
+        _calibration_diagonal(run),
         _scatter(
             table["mean_pred"][filled],
             table["frac_pos"][filled],
@@ -466,16 +471,7 @@ def calibration_epochs_figure(run: RunData) -> go.Figure:
     if len(logged) > CALIBRATION_CURVES:
         picks = np.unique(np.linspace(0, len(logged) - 1, CALIBRATION_CURVES).round().astype(int))
         epochs = [logged[i] for i in picks]
-    data = [
-        _scatter(
-            [0, 1],
-            [0, 1],
-            mode="lines",
-            name="perfect calibration",
-            line={"color": "black", "dash": "dash", "width": 1},
-            meta={"run": run.name, "split": C.SPLIT_VAL, "column": "diagonal", "kind": "reference"},
-        )
-    ]
+    data = [_calibration_diagonal(run)]
     n = len(epochs)
     for i, epoch in enumerate(epochs):
         table = run.calibration_for(epoch)
