@@ -182,9 +182,11 @@ def time_page(ctx, url: str, keys=("table", "chart", "all"), timeout_s: float = 
     return out
 
 
-def time_pages(ctx, url: str, repeat: int, keys=("table", "chart", "all")) -> tuple[dict[str, str], object]:
-    """``repeat`` new pages on ``url``, one after the other; median (min–max) of each time, and the last
-    page, left open."""
+def time_pages(
+    ctx, url: str, repeat: int, keys=("table", "chart", "all")
+) -> tuple[dict[str, str], dict[str, float], object]:
+    """``repeat`` new pages on ``url``, one after the other: median (min–max) of each time as text, the
+    medians as numbers, and the last page, left open."""
     times: dict[str, list[float]] = {k: [] for k in keys}
     page = None
     for _ in range(repeat):
@@ -199,11 +201,9 @@ def time_pages(ctx, url: str, repeat: int, keys=("table", "chart", "all")) -> tu
         k: f"{np.median(v):.2f} s" + (f" ({min(v):.2f}–{max(v):.2f})" if len(v) > 1 else "")
         for k, v in times.items()
     }
-    MEDIANS[url] = {k: float(np.median(v)) for k, v in times.items()}
-    return summary, page
+    return summary, {k: float(np.median(v)) for k, v in times.items()}, page
 
 
-MEDIANS: dict[str, dict[str, float]] = {}  # url -> median seconds per key, for the floor ratios
 FLOOR_TITLE_APP = """import streamlit as st
 st.title("floor")
 """
@@ -248,11 +248,17 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=20)
 
 
-def floor(repeat: int, tmp: Path, results: dict[str, object]) -> None:
-    """Times of one-element Streamlit pages (a table; a plotly chart), warm, and the monitor's as ratios."""
+def open_browser(pw) -> tuple[object, object]:
+    """Headless Chromium and a desktop-sized context in it."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+    return browser, browser.new_context(viewport={"width": 1400, "height": 1000})
+
+
+def floor(repeat: int, tmp: Path, monitor: dict[str, float], results: dict[str, object]) -> None:
+    """Warm times of minimal Streamlit pages (a title; a table; a plotly chart), and the monitor's median
+    times (``monitor``, newest run) as multiples of them."""
     from playwright.sync_api import sync_playwright
 
-    monitor = results.get("warm_newest_run_medians") or {}
     floors = (
         ("title", FLOOR_TITLE_APP, "title"),  # any Streamlit page: its first paint
         ("table", FLOOR_TABLE_APP, "table"),
@@ -264,17 +270,16 @@ def floor(repeat: int, tmp: Path, results: dict[str, object]) -> None:
         proc, url = start_server(script, [])
         try:
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-                ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-                time_pages(ctx, url, 1, (key,))[1].close()  # the cold page pays the imports
-                summary, page = time_pages(ctx, url, repeat, (key,))
+                browser, ctx = open_browser(pw)
+                time_pages(ctx, url, 1, (key,))[2].close()  # the cold page pays the imports
+                summary, medians, page = time_pages(ctx, url, repeat, (key,))
                 page.close()
                 browser.close()
         finally:
             stop_server(proc)
         report(f"floor_streamlit_{name}_warm", summary)
         if key in monitor:
-            ratio = monitor[key] / MEDIANS[url][key]
+            ratio = monitor[key] / medians[key]
             results[f"monitor_{key}_over_floor"] = ratio
             report(f"warm_newest_run {key} / floor", f"{ratio:.2f}x")
 
@@ -285,7 +290,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=2000, help="metrics rows per run")
     ap.add_argument("--window", type=float, default=10.0, help="seconds per refresh-cost window")
     ap.add_argument("--repeat", type=int, default=1, help="warm pages per case (median reported)")
-    ap.add_argument("--no-floor", action="store_true", help="skip the one-element Streamlit pages")
+    ap.add_argument("--no-floor", action="store_true", help="skip the minimal Streamlit pages")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -300,21 +305,19 @@ def main() -> int:
     results: dict[str, object] = {"runs": args.runs, "rows": args.rows}
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-            cold, page = time_pages(ctx, url, 1)
+            browser, ctx = open_browser(pw)
+            cold, _, page = time_pages(ctx, url, 1)
             page.close()
             results["cold"] = cold
             report("cold", cold)
             shown = names[:10]
-            many, page = time_pages(ctx, f"{url}/?run={','.join(shown)}", args.repeat)
+            many, _, page = time_pages(ctx, f"{url}/?run={','.join(shown)}", args.repeat)
             page.close()
             results[f"warm_{len(shown)}_runs_selected"] = many
             report(f"warm_{len(shown)}_runs_selected", many)
             # Last, so that its page is the one left open for the refresh cost below.
-            warm, page = time_pages(ctx, url, args.repeat)
+            warm, warm_medians, page = time_pages(ctx, url, args.repeat)
             results["warm_newest_run"] = warm
-            results["warm_newest_run_medians"] = MEDIANS[url]
             report("warm_newest_run", warm)
             # Refresh cost: server CPU per refresh interval, quiet, then while rows are appended.
             page.wait_for_timeout(3000)
@@ -345,7 +348,7 @@ def main() -> int:
     finally:
         stop_server(proc)
     if not args.no_floor:
-        floor(args.repeat, tmp, results)
+        floor(args.repeat, tmp, warm_medians, results)
     shutil.rmtree(tmp, ignore_errors=True)
     for key in (
         "server_cpu_s_per_refresh_quiet",
