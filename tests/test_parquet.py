@@ -47,8 +47,8 @@ def frame(t: dict[str, np.ndarray], seed: int = 1) -> pd.DataFrame:
     return pd.DataFrame(data).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> Path:
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+def write_parquet(df: pd.DataFrame, path: Path, row_group_size: int | None = None) -> Path:
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group_size)
     return path
 
 
@@ -174,3 +174,32 @@ def test_huge_value_and_not_a_parquet_file(tmp_path: Path) -> None:
     fake.write_text("window_id,hour\n1,0\n")
     with pytest.raises(DataError, match=r"fake\.parquet: not a readable Parquet file"):
         read_split(fake, COLS)
+
+
+def test_a_file_read_in_many_batches_loads_the_same_and_counts_rows_from_the_top(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large files are read in batches; with 50-row batches a small file needs several. The arrays, text
+    ids and the row numbers of bad cells must not depend on where a batch ends."""
+    t = truth(n=8)
+    df = frame(t)  # 192 rows, shuffled
+    df["subject_id"] = ["s" + str(int(w) % 3) for w in df["window_id"]]  # text ids next to integer ones
+    path = write_parquet(df, tmp_path / "a.parquet", row_group_size=70)
+    whole = read_split(path, COLS)
+    monkeypatch.setattr("aline.data.parquet_input.BATCH_ROWS", 50)
+    batched = read_split(path, COLS)
+    for key in ("window_id", "subject_id", "features", "z", "sigma", "post_mean", "y"):
+        np.testing.assert_array_equal(getattr(batched, key), getattr(whole, key), err_msg=key)
+    np.testing.assert_array_equal(batched.window_id, np.sort(t["window_id"]).astype(str))
+
+    # A bad cell in the fourth batch: its row number counts from the top of the file.
+    df["steps"] = [None if np.isnan(v) else repr(float(v)) for v in df["steps"]]
+    df.loc[171, "steps"] = "lots"
+    bad = write_parquet(df, tmp_path / "bad.parquet", row_group_size=70)
+    with pytest.raises(DataError, match=r"column 'steps': text in a numeric column.*row 172 = 'lots'"):
+        read_split(bad, COLS)
+    df = frame(t).astype({"window_id": np.float64})
+    df.loc[120, "window_id"] = 0.5
+    bad = write_parquet(df, tmp_path / "bad_id.parquet", row_group_size=70)
+    with pytest.raises(DataError, match=r"column 'window_id': numeric ids must be whole.*row 121 = 0\.5"):
+        read_split(bad, COLS)

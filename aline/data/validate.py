@@ -121,26 +121,33 @@ def window_order(
 
 
 def id_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Text ids → (``[rows]`` int64 codes, ``[K]`` ids as written), codes numbered in id order: by value
-    when every id is a whole number (so 9 comes before 10), else as text."""
+    """Ids as text or int64 → (``[rows]`` int64 codes, ``[K]`` ids as written, as str), codes numbered in
+    id order: by value when every id is a whole number (so 9 comes before 10), else as text."""
     encoded = column.combine_chunks().dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)  # [K]
-    try:
-        numeric = pc.cast(encoded.dictionary, pa.int64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        numeric = np.zeros(len(names), dtype=np.int64)
-    # "007" and "7" are two windows with one value: the text breaks the tie.
-    order = np.lexsort((names.astype(str), numeric))  # [K] dictionary entries in id order
+    codes = numeric_numpy(pa.chunked_array([encoded.indices])).astype(np.int64, copy=False)  # [rows]
+    if pa.types.is_int64(encoded.dictionary.type):
+        numeric = numeric_numpy(pa.chunked_array([encoded.dictionary]))  # [K]
+        order = np.argsort(numeric, kind="stable")
+        names = numeric.astype(str).astype(object)  # [K]
+    else:
+        names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)  # [K]
+        try:
+            numeric = numeric_numpy(pa.chunked_array([pc.cast(encoded.dictionary, pa.int64())]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            numeric = np.zeros(len(names), dtype=np.int64)
+        # "007" and "7" are two windows with one value: the text breaks the tie.
+        order = np.lexsort((names.astype(str), numeric))  # [K] dictionary entries in id order
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return rank[codes], names[order]
 
 
 def numeric_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    """[rows] float32 (NaN where null) or int64 values, read from the Arrow buffers. pyarrow's own
-    null-filling conversion imports pandas, which costs more than a 400k-row load (once per process)."""
-    dtype = np.dtype(np.int64) if pa.types.is_int64(column.type) else np.dtype(np.float32)
+    """[rows] float32 (NaN where null) or integer values (of a column without nulls), read from the Arrow
+    buffers. pyarrow's own conversion imports pandas, which costs more than a 400k-row load (once per
+    process)."""
+    kind = column.type
+    dtype = np.dtype(f"int{kind.bit_width}") if pa.types.is_signed_integer(kind) else np.dtype(np.float32)
     parts = []
     for chunk in column.chunks:
         end = chunk.offset + len(chunk)
