@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from aline.config import ColumnsConfig
 from aline.contract import HOURS
@@ -54,6 +55,11 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
     header = read_header(path)
     plan = plan_columns(path, header, columns, require_targets)
     table = read_parquet(path, plan) if is_parquet(path) else parse_csv(path, header, plan)
+    # Arrow's allocator keeps freed blocks (parse buffers, Parquet's float64 batches, each column once it
+    # is in the arrays) for reuse by Arrow, while the arrays come from NumPy's allocator. Handing them back
+    # as they are freed cut the 10x Parquet load's peak from 1.20 to 0.82 GB above the baseline, and what
+    # the process keeps after loading from 0.86 to 0.53 GB (the arrays are 0.41 GB).
+    pa.default_memory_pool().release_unused()
     n_rows = table.num_rows
     if n_rows == 0:
         raise DataError(f"{path}: no data rows below the header")
@@ -104,6 +110,8 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
             v = col(name)
             check_values(path, name, v, allow_missing=allow_missing, lo=lo)
             out[:, :, j] = arrange(v)
+            del v
+            pa.default_memory_pool().release_unused()  # the parsed column, now in ``out``
         return out
 
     def not_constant(name: str, grid: np.ndarray) -> None:
@@ -147,7 +155,7 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
     p_bayes = None if blank(plan.p_bayes) else per_window(plan.p_bayes, lo=0.0, hi=1.0)
     p_true = None if blank(plan.p_true) else per_window(plan.p_true, lo=0.0, hi=1.0)
     answers = None if blank(plan.answer) else hourly([plan.answer], allow_missing=True).reshape(n, HOURS)
-    return RawSplit(
+    split = RawSplit(
         path=path,
         window_id=wid_sorted,
         features=features,
@@ -163,3 +171,6 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
         answers=answers,
         asked_feature=None if answers is None else columns.asked_feature,
     )
+    parsed.clear()  # unread columns (a role left out, an all-empty optional column)
+    pa.default_memory_pool().release_unused()
+    return split
