@@ -203,3 +203,16 @@ def test_a_file_read_in_many_batches_loads_the_same_and_counts_rows_from_the_top
     bad = write_parquet(df, tmp_path / "bad_id.parquet", row_group_size=70)
     with pytest.raises(DataError, match=r"column 'window_id': numeric ids must be whole.*row 121 = 0\.5"):
         read_split(bad, COLS)
+
+
+def test_a_damaged_column_is_named(tmp_path: Path) -> None:
+    """The batched read fails as a whole on one bad column chunk; the message still names that column."""
+    path = write_parquet(frame(truth(n=20)), tmp_path / "damaged.parquet")
+    meta = pq.ParquetFile(path).metadata
+    chunk = meta.row_group(0).column(meta.schema.names.index("heart_rate"))
+    data = bytearray(path.read_bytes())
+    start = chunk.data_page_offset
+    data[start : start + chunk.total_compressed_size] = b"\xab" * chunk.total_compressed_size
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"damaged\.parquet: column 'heart_rate': cannot read it \("):
+        read_split(path, COLS)

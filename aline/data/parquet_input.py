@@ -64,7 +64,7 @@ def read_parquet(path: Path, plan: ReadPlan) -> pa.Table:
                 # the CSV path does; NaN stored as a value is missing, like a null.
                 chunks[name].append(col if name in whole else pc.cast(col, pa.float32(), safe=False))
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: cannot read its data ({err})") from None
+        raise DataError(f"{path}: {_unreadable(reader, names, err)}") from None
     out: dict[str, pa.ChunkedArray] = {}
     for name in names:
         kind = kinds[name] if name in whole else pa.float32()
@@ -75,6 +75,17 @@ def read_parquet(path: Path, plan: ReadPlan) -> pa.Table:
             col = pc.cast(text_as_numbers(path, name, col), pa.float32(), safe=False)
         out[name] = col
     return pa.table(out)
+
+
+def _unreadable(reader: pq.ParquetFile, names: list[str], err: Exception) -> str:
+    """Which column a failed batched read failed on: each is read again alone (only on this error path),
+    so the message names the column as a one-column read would."""
+    for name in names:
+        try:
+            reader.read(columns=[name], use_threads=False)
+        except (pa.ArrowException, OSError) as col_err:
+            return f"column {name!r}: cannot read it ({col_err})"
+    return f"cannot read its data ({err})"
 
 
 def _is_text(kind: pa.DataType) -> bool:
