@@ -162,7 +162,9 @@ class ModelConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = Field(2e-3, gt=0.0, le=10.0)
+    # 3e-3 with batch 64: the same forecast as 2e-3 over 3 seeds, a slightly better posterior, and a one-
+    # answer gain that ranks hours better (Spearman 0.38-0.51 against 0.18-0.27; README "Results").
+    lr: float = Field(3e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = Field(1.0, gt=0.0)
@@ -192,7 +194,9 @@ class TrainerConfig(_Section):
     # A run folder whose weights and normaliser start this run (fine-tuning); its features must match.
     init_from: str | None = None
     epochs: int = Field(8, ge=1)
-    batch_size: int = Field(256, ge=1)
+    # 64, not 256: on 2 CPU cores an epoch costs about the same either way (30 s against 22 s), and four
+    # times the optimizer steps brought post_mse from 1.09x to 1.04x the floor (README "Results").
+    batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     log_every: int = Field(20, ge=1)
 
