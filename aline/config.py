@@ -222,7 +222,8 @@ class PolicyConfig(_Section):
     k: int = Field(3, ge=1, le=24)
     # auto: query_value when the data has that column, else info_gain when it has answers, else uncertainty.
     reward: Literal["auto", "uncertainty", "query_value", "info_gain"] = "auto"
-    info_gain: Literal["variance", "logprob"] = "variance"
+    # auto: logprob when the training data has the latent truth (ALINE's own estimator), else variance.
+    info_gain: Literal["auto", "variance", "logprob"] = "auto"
     samples: int = Field(4, ge=1, le=64)
     baseline: Literal["loo", "batch_mean", "none"] = "loo"
     train_encoder: bool = False

@@ -36,7 +36,7 @@ from aline.model.network import build_model, unwrap
 from aline.scoring import binary_scores
 from aline.training.engine import make_loader, setup_evaluator, setup_trainer
 from aline.training.handlers import CheckpointError, RunHandlers, install_sigterm_handler
-from aline.training.loop import resolve_reward
+from aline.training.loop import resolve_info_gain, resolve_reward
 from aline.training.losses import resolve_posterior
 from aline.training.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 
@@ -81,8 +81,8 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
 
 def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
     """``cfg`` with the data-dependent choices made (``loss.posterior``, ``loss.bce_into_encoder``,
-    ``policy.reward=auto``), so the run's config.yaml says what the run did and predict/evaluate rebuild
-    the same model."""
+    ``policy.reward=auto``, ``policy.info_gain=auto``), so the run's config.yaml says what the run did
+    and predict/evaluate rebuild the same model."""
     train = splits["train"]
     posterior = resolve_posterior(cfg.loss, train.z is not None, train.sigma is not None)
     into = cfg.loss.bce_into_encoder
@@ -95,7 +95,12 @@ def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
         has_query_value=train.query_value is not None,
         has_answers=train.answers is not None,
     )
-    policy = cfg.policy.model_copy(update={"reward": reward})
+    policy = cfg.policy.model_copy(
+        update={
+            "reward": reward,
+            "info_gain": resolve_info_gain(cfg.policy.info_gain, has_truth=train.z is not None),
+        }
+    )
     return cfg.model_copy(update={"loss": loss, "policy": policy})
 
 
@@ -136,6 +141,11 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
         problems.append(
             f"policy.reward=info_gain needs an answer column (data.columns.answers = {cols.answers}); "
             "use policy.reward=uncertainty instead"
+        )
+    if cfg.policy.info_gain == "logprob" and raw.z is None:
+        problems.append(
+            f"policy.info_gain=logprob scores answers by the latent truth: it needs the latent columns "
+            f"{cols.latent_columns()}; use policy.info_gain=variance (or auto)"
         )
     if problems:
         raise DataError(f"{raw.path}: " + "; ".join(problems))

@@ -15,7 +15,7 @@ from aline.config import load_config
 from aline.data import RawSplit
 from aline.model import asking
 from aline.model.network import AlineModel
-from aline.training.loop import LoopSpec, loop_eval, loop_loss, resolve_reward
+from aline.training.loop import LoopSpec, loop_eval, loop_loss, resolve_info_gain, resolve_reward
 
 HOURS = 24
 
@@ -145,6 +145,12 @@ def test_auto_reward_prefers_the_exact_value_then_info_gain():
     assert resolve_reward("auto", has_query_value=False, has_answers=True) == "info_gain"
     assert resolve_reward("auto", has_query_value=False, has_answers=False) == "uncertainty"
     assert resolve_reward("uncertainty", has_query_value=True, has_answers=True) == "uncertainty"
+
+
+def test_auto_info_gain_scores_by_the_truth_when_the_data_has_it():
+    assert resolve_info_gain("auto", has_truth=True) == "logprob"
+    assert resolve_info_gain("auto", has_truth=False) == "variance"
+    assert resolve_info_gain("variance", has_truth=True) == "variance"
 
 
 # --- an info_gain learning test on a small task --------------------------------------------------------

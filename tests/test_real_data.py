@@ -303,6 +303,7 @@ def test_no_sigma_columns_train_the_posterior_by_nll(tmp_path: Path, one_torch_t
     splits = train_mod.prepare_data(load_config(None, base), announce=lambda _: None)
     resolved = train_mod.resolve_config(load_config(None, base), splits)
     assert resolved.loss.posterior == "nll" and resolved.loss.bce_into_encoder is False
+    assert resolved.policy.info_gain == "logprob"  # auto: the latent truth is there to score answers by
     # Asking for the sigma target explicitly is a data error naming the key, before any run folder.
     with pytest.raises(DataError, match="loss.posterior=mse with loss.sigma_target=posterior needs") as info:
         train_mod.prepare_data(load_config(None, [*base, "loss.posterior=mse"]), announce=lambda _: None)
@@ -310,6 +311,14 @@ def test_no_sigma_columns_train_the_posterior_by_nll(tmp_path: Path, one_torch_t
     null = [*base, "loss.posterior=mse", "data.columns.sigma_prefix=null"]
     with pytest.raises(DataError, match="sigma_prefix is null"):
         train_mod.prepare_data(load_config(None, null), announce=lambda _: None)
+    # Without the latent truth, info_gain's auto estimator is the variance form, and logprob is an error.
+    blind = [*base, "data.columns.latent_prefix=null", "loss.posterior=none", "policy.reward=info_gain"]
+    splits = train_mod.prepare_data(load_config(None, blind), announce=lambda _: None)
+    assert train_mod.resolve_config(load_config(None, blind), splits).policy.info_gain == "variance"
+    with pytest.raises(DataError, match=r"policy.info_gain=logprob .* needs the latent columns"):
+        train_mod.prepare_data(
+            load_config(None, [*blind, "policy.info_gain=logprob"]), announce=lambda _: None
+        )
     assert not (tmp_path / "runs").exists()
 
 

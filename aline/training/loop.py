@@ -41,7 +41,15 @@ from aline.training.losses import (
 Batch = dict[str, Tensor]
 REWARDS = ("query_value", "info_gain", "uncertainty")
 
-__all__ = ["REWARDS", "LoopSpec", "loop_loss", "loop_loss_with_first", "loop_eval", "resolve_reward"]
+__all__ = [
+    "REWARDS",
+    "LoopSpec",
+    "loop_loss",
+    "loop_loss_with_first",
+    "loop_eval",
+    "resolve_info_gain",
+    "resolve_reward",
+]
 
 
 def resolve_reward(reward: str, *, has_query_value: bool, has_answers: bool) -> str:
@@ -52,6 +60,16 @@ def resolve_reward(reward: str, *, has_query_value: bool, has_answers: bool) -> 
     if has_query_value:
         return "query_value"
     return "info_gain" if has_answers else "uncertainty"
+
+
+def resolve_info_gain(form: str, *, has_truth: bool) -> str:
+    """``policy.info_gain=auto``: ``logprob`` (ALINE's estimator, ``log q1(z) - log q0(z)`` at the latent
+    truth) when the training data has it, else ``variance``. With the GRU encoder, whose variance barely
+    follows what an answer is worth, logprob's reward also sees how far the answers move the mean towards
+    the truth (README "Asking"). Other values pass through."""
+    if form != "auto":
+        return form
+    return "logprob" if has_truth else "variance"
 
 
 @dataclass(frozen=True)
@@ -157,10 +175,11 @@ def _set_reward(
         outs = bare(xs.reshape(s * b, *x.shape[1:]), ms.reshape(s * b, *mask.shape[1:]))
         m0, v0 = asking.forecast_moments(out0, w)  # [B]
         m1, v1 = asking.forecast_moments(outs, w)
-        if "z" not in batch and cfg.policy.info_gain == "logprob":
+        form = resolve_info_gain(cfg.policy.info_gain, has_truth="z" in batch)
+        if "z" not in batch and form == "logprob":
             raise KeyError("loop_loss: policy.info_gain=logprob needs the latent truth; use variance")
         truth = batch["z"][:, -1] @ w if "z" in batch else m0  # [B]; the variance form ignores it
-        return info_gain_reward(m0, v0, m1.reshape(s, b), v1.reshape(s, b), truth, cfg.policy.info_gain)
+        return info_gain_reward(m0, v0, m1.reshape(s, b), v1.reshape(s, b), truth, form)
     raise ValueError(f"policy.reward={reward!r} was not resolved (auto must be resolved before training)")
 
 
