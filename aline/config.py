@@ -194,8 +194,8 @@ class TrainerConfig(_Section):
     # A run folder whose weights and normaliser start this run (fine-tuning); its features must match.
     init_from: str | None = None
     epochs: int = Field(8, ge=1)
-    # 64, not 256: on 2 CPU cores an epoch costs about the same either way (30 s against 22 s), and four
-    # times the optimizer steps brought post_mse from 1.09x to 1.04x the floor (README "Results").
+    # 64, not 256: on 2 CPU cores an epoch costs only a little more (about 30 s against 22 s) for four
+    # times the optimizer steps, which brought post_mse from 1.09x to 1.04x the floor (README "Results").
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     log_every: int = Field(20, ge=1)
