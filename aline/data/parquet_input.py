@@ -7,6 +7,7 @@ Parquet row numbers where the CSV path quotes file lines.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import pyarrow.parquet as pq
 from aline.data.columns import ReadPlan
 from aline.data.csv_input import MISSING_MARKERS, PARSE_THREADS
 from aline.data.errors import DataError, bad_rows_error, fmt_value
+from aline.data.layout import Irregular
 
-__all__ = ["parquet_header", "read_parquet"]
+__all__ = ["iter_batches", "parquet_header", "read_parquet"]
 
 # Rows per read batch (a batch of 35 float64 columns is about 75 MB before the cast). At 10x data, 1 << 18
 # loaded as fast as 1 << 20 with a lower peak memory, and 1 << 16 was slower.
@@ -35,7 +37,7 @@ def parquet_header(path: Path) -> list[str]:
     return names
 
 
-def read_parquet(path: Path, plan: ReadPlan) -> pa.Table:
+def read_parquet(path: Path, plan: ReadPlan, names: list[str] | None = None) -> pa.Table:
     """The planned columns as the table the CSV parse gives: ids as text (integer ids stay int64, which
     :func:`aline.data.validate.id_codes` reads as their decimal text), every other column float32 (null =
     missing).
@@ -47,7 +49,7 @@ def read_parquet(path: Path, plan: ReadPlan) -> pa.Table:
         reader = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-    names = plan.columns()
+    names = plan.columns() if names is None else names
     ids = set(plan.text_columns())
     kinds = {name: reader.schema_arrow.field(name).type for name in names}
     for name, kind in kinds.items():
@@ -75,6 +77,19 @@ def read_parquet(path: Path, plan: ReadPlan) -> pa.Table:
             col = pc.cast(text_as_numbers(path, name, col), pa.float32(), safe=False)
         out[name] = col
     return pa.table(out)
+
+
+def iter_batches(path: Path, names: list[str]) -> Iterator[pa.RecordBatch]:
+    """``names`` batch by batch as stored (no cast), for :func:`aline.data.layout.fill_groups`. A read
+    error raises :class:`Irregular`: the general path then reads the file and words the message."""
+    try:
+        reader = pq.ParquetFile(path)
+        for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=names, use_threads=PARSE_THREADS):
+            yield batch
+            del batch
+            pa.default_memory_pool().release_unused()  # the batch just laid out (see read_split)
+    except (pa.ArrowException, OSError) as err:
+        raise Irregular(str(err)) from None
 
 
 def _unreadable(reader: pq.ParquetFile, names: list[str], err: Exception) -> str:

@@ -123,6 +123,15 @@ def window_order(
 def id_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Ids as text or int64 → (``[rows]`` int64 codes, ``[K]`` ids as written, as str), codes numbered in
     id order: by value when every id is a whole number (so 9 comes before 10), else as text."""
+    if pa.types.is_int64(column.type) and not column.null_count:
+        values = numeric_numpy(column)  # [rows] int64
+        if len(values) and bool((values[1:] >= values[:-1]).all()):
+            # Whole-number ids already in order (a file sorted by window, or by subject): each code is a
+            # running count of changes, with no hashing (at 10x data 0.03 s against 0.10 s).
+            new = np.empty(len(values), dtype=bool)
+            new[0] = True
+            np.not_equal(values[1:], values[:-1], out=new[1:])
+            return np.cumsum(new) - 1, values[new].astype(str).astype(object)
     encoded = column.combine_chunks().dictionary_encode()
     codes = numeric_numpy(pa.chunked_array([encoded.indices])).astype(np.int64, copy=False)  # [rows]
     if pa.types.is_int64(encoded.dictionary.type):
@@ -143,20 +152,33 @@ def id_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def numeric_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    """[rows] float32 (NaN where null) or integer values (of a column without nulls), read from the Arrow
-    buffers. pyarrow's own conversion imports pandas, which costs more than a 400k-row load (once per
-    process)."""
-    kind = column.type
-    dtype = np.dtype(f"int{kind.bit_width}") if pa.types.is_signed_integer(kind) else np.dtype(np.float32)
-    parts = []
-    for chunk in column.chunks:
-        end = chunk.offset + len(chunk)
-        validity, data = chunk.buffers()[:2]
-        values = np.frombuffer(data, dtype=dtype, count=end)[chunk.offset :]
-        if chunk.null_count:
-            bits = np.unpackbits(np.frombuffer(validity, np.uint8), count=end, bitorder="little")
-            values = np.where(bits[chunk.offset :].astype(bool), values, dtype.type(np.nan))
-        parts.append(values)
+    """[rows] float32 (float64 for a float64 column; NaN where null) or integer values (of a column without
+    nulls), read from the Arrow buffers. pyarrow's own conversion imports pandas, which costs more than a
+    400k-row load (once per process)."""
+    parts = [array_numpy(chunk) for chunk in column.chunks]
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate(parts) if parts else np.empty(0, dtype)
+    if parts:
+        return np.concatenate(parts)
+    return np.empty(0, _numpy_type(column.type))
+
+
+def array_numpy(chunk: pa.Array) -> np.ndarray:
+    """One Arrow array as :func:`numeric_numpy` gives it: a view of its buffer unless it has nulls."""
+    dtype = _numpy_type(chunk.type)
+    end = chunk.offset + len(chunk)
+    validity, data = chunk.buffers()[:2]
+    values = np.frombuffer(data, dtype=dtype, count=end)[chunk.offset :]
+    if chunk.null_count:
+        # Only the bytes of this array's bits: a slice deep into a long array starts far into the buffer.
+        first = chunk.offset // 8
+        raw = np.frombuffer(validity, np.uint8, count=(end + 7) // 8 - first, offset=first)
+        bits = np.unpackbits(raw, count=end - 8 * first, bitorder="little")[chunk.offset - 8 * first :]
+        values = np.where(bits.view(bool), values, dtype.type(np.nan))  # unpackbits gives 0/1
+    return values
+
+
+def _numpy_type(kind: pa.DataType) -> np.dtype:
+    if pa.types.is_signed_integer(kind):
+        return np.dtype(f"int{kind.bit_width}")
+    return np.dtype(np.float64 if pa.types.is_float64(kind) else np.float32)
