@@ -81,15 +81,20 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
 
 def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
     """``cfg`` with the data-dependent choices made (``loss.posterior``, ``loss.bce_into_encoder``,
-    ``policy.reward=auto``, ``policy.info_gain=auto``), so the run's config.yaml says what the run did
-    and predict/evaluate rebuild the same model."""
+    ``loss.mean_target``, ``policy.reward=auto``, ``policy.info_gain=auto``), so the run's config.yaml
+    says what the run did and predict/evaluate rebuild the same model."""
     train = splits["train"]
     posterior = resolve_posterior(cfg.loss, train.z is not None, train.sigma is not None)
     into = cfg.loss.bce_into_encoder
     if into == "auto":
         # Without latent targets the labels are the only signal the encoder gets.
         into = posterior == "none"
-    loss = cfg.loss.model_copy(update={"posterior": posterior, "bce_into_encoder": into})
+    mean_target = cfg.loss.mean_target
+    if mean_target == "auto":
+        mean_target = "posterior" if posterior == "mse" and train.post_mean is not None else "truth"
+    loss = cfg.loss.model_copy(
+        update={"posterior": posterior, "bce_into_encoder": into, "mean_target": mean_target}
+    )
     reward = resolve_reward(
         cfg.policy.reward,
         has_query_value=train.query_value is not None,
@@ -131,6 +136,15 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
         problems.append(
             f"loss.posterior=mse with loss.sigma_target=posterior needs the posterior std columns ({where}); "
             "use loss.posterior=nll (or auto), which needs no sigma target"
+        )
+    if cfg.loss.mean_target == "posterior" and raw.post_mean is None:
+        mean_cols = cols.post_mean_columns()
+        where = (
+            "data.columns.post_mean_prefix is null" if mean_cols is None else f"the file lacks {mean_cols}"
+        )
+        problems.append(
+            f"loss.mean_target=posterior needs the posterior mean columns ({where}); "
+            "use loss.mean_target=truth (or auto)"
         )
     if cfg.policy.reward == "query_value" and raw.query_value is None:
         problems.append(

@@ -20,6 +20,7 @@ from aline.training.losses import (
     policy_loss,
     posterior_loss,
     posterior_nll,
+    posterior_of,
     query_value_reward,
     select_topk_hours,
     uncertainty_reward,
@@ -391,6 +392,28 @@ def test_composite_loss_reward_and_sigma_target_switches() -> None:
     del batch["z"]
     parts = composite_loss(out, batch, default.loss, default.policy)
     assert torch.equal(parts.post, torch.zeros(8))
+
+
+def test_mean_target_is_the_exact_posterior_mean_when_the_data_has_it() -> None:
+    """loss.mean_target: auto and posterior fit mu to the post_mean columns, truth to z; sigma is fitted to
+    its target either way. NumPy reference from the formula."""
+    rng = np.random.default_rng(5)
+    mu, sd, z, pm, st = (rng.normal(size=(6, 24, 4)) for _ in range(5))
+    sd, st = np.abs(sd) + 0.1, np.abs(st) + 0.1
+    batch = {"z": torch.tensor(z), "post_mean": torch.tensor(pm), "sigma": torch.tensor(st)}
+
+    def ref(target: np.ndarray) -> np.ndarray:
+        return (((mu - target) ** 2) + 0.5 * (sd - st) ** 2).reshape(6, -1).mean(1)
+
+    for choice, target in (("auto", pm), ("posterior", pm), ("truth", z)):
+        cfg = Config.model_validate({"loss": {"mean_target": choice, "lam": 0.5}})
+        got = posterior_of(torch.tensor(mu), torch.tensor(sd), batch, cfg.loss)
+        np.testing.assert_allclose(got.numpy(), ref(target), rtol=1e-12, err_msg=choice)
+    del batch["post_mean"]
+    auto = Config.model_validate({"loss": {"lam": 0.5}})
+    np.testing.assert_allclose(
+        posterior_of(torch.tensor(mu), torch.tensor(sd), batch, auto.loss).numpy(), ref(z)
+    )
 
 
 def test_posterior_nll_matches_scipy_and_is_minimised_by_the_mean_and_the_true_spread() -> None:

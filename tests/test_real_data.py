@@ -295,14 +295,26 @@ def test_no_sigma_columns_train_the_posterior_by_nll(tmp_path: Path, one_torch_t
 
     data = tmp_path / "data"
     simulate(subjects=12, days=4, seed=5, out_dir=data, progress=False)
+    base = [f"data.dir={data}", f"run.dir={tmp_path / 'runs'}", *TINY, "trainer.epochs=1"]
+    # With the posterior std and mean columns: mse, the mean fitted to the exact posterior mean.
+    splits = train_mod.prepare_data(load_config(None, base), announce=lambda _: None)
+    resolved = train_mod.resolve_config(load_config(None, base), splits)
+    assert (resolved.loss.posterior, resolved.loss.mean_target) == ("mse", "posterior")
+    no_mean = [*base, "data.columns.post_mean_prefix=null"]
+    splits = train_mod.prepare_data(load_config(None, no_mean), announce=lambda _: None)
+    assert train_mod.resolve_config(load_config(None, no_mean), splits).loss.mean_target == "truth"
+    with pytest.raises(DataError, match=r"loss.mean_target=posterior needs .*post_mean_prefix is null"):
+        cfg = load_config(None, [*no_mean, "loss.mean_target=posterior"])
+        train_mod.prepare_data(cfg, announce=lambda _: None)
+
     for split in ("train", "val", "test"):
         path = data / f"synthetic_migraine_{split}.csv"
         df = pd.read_csv(path, keep_default_na=False, dtype=str)
         df.drop(columns=[c for c in df.columns if c.startswith("post_std_")]).to_csv(path, index=False)
-    base = [f"data.dir={data}", f"run.dir={tmp_path / 'runs'}", *TINY, "trainer.epochs=1"]
     splits = train_mod.prepare_data(load_config(None, base), announce=lambda _: None)
     resolved = train_mod.resolve_config(load_config(None, base), splits)
     assert resolved.loss.posterior == "nll" and resolved.loss.bce_into_encoder is False
+    assert resolved.loss.mean_target == "truth"  # the NLL's mean term is fitted to the truth
     assert resolved.policy.info_gain == "logprob"  # auto: the latent truth is there to score answers by
     # Asking for the sigma target explicitly is a data error naming the key, before any run folder.
     with pytest.raises(DataError, match="loss.posterior=mse with loss.sigma_target=posterior needs") as info:

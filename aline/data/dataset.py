@@ -136,8 +136,8 @@ class Normalizer:
 class WindowDataset(torch.utils.data.Dataset):
     """All windows of one split; items and batches are dicts of tensors.
 
-    Keys: ``index`` (dataset row), ``x`` and ``mask`` [.., 24, F], and when the split has them ``z``
-    [.., 24, Z], ``y``, ``sigma`` [.., 24, Z], ``query_value`` [.., 24]; with ``pool`` given, ``pool``
+    Keys: ``index`` (dataset row), ``x`` and ``mask`` [.., 24, F], and when the split has them ``z``,
+    ``sigma`` and ``post_mean`` [.., 24, Z], ``y``, ``query_value`` [.., 24]; with ``pool`` given, ``pool``
     [.., 24] (1 = askable) and ``answer`` [.., 24] (the normalised answer, 0 where there is none). Use
     ``collate_fn=keep_batch`` in a DataLoader: it then fetches whole batches through ``__getitems__``.
 
@@ -152,7 +152,13 @@ class WindowDataset(torch.utils.data.Dataset):
         self._normalizer = normalizer
         self._features = raw.features  # [N, 24, F] float32, NaN where missing
         self._arrays: dict[str, np.ndarray] = {}
-        optional = {"z": raw.z, "y": raw.y, "sigma": raw.sigma, "query_value": raw.query_value}
+        optional = {
+            "z": raw.z,
+            "y": raw.y,
+            "sigma": raw.sigma,
+            "post_mean": raw.post_mean,
+            "query_value": raw.query_value,
+        }
         for key, value in optional.items():
             if value is not None:
                 self._arrays[key] = value if value.dtype == np.float32 else value.astype(np.float32)
