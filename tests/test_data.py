@@ -378,9 +378,10 @@ def test_dataset_items_batches_and_dataloader(tmp_path: Path) -> None:
     ref = sorted_truth(t)
     assert len(ds) == 10
     item = ds[4]
-    assert set(item) == {"index", "x", "mask", "z", "y", "sigma", "query_value"}
+    assert set(item) == {"index", "x", "mask", "z", "y", "sigma", "post_mean", "query_value"}
     assert item["x"].shape == (HOURS, F) and item["z"].shape == (HOURS, Z) and item["y"].shape == ()
     np.testing.assert_array_equal(item["z"].numpy(), ref["z"][4])
+    np.testing.assert_array_equal(item["post_mean"].numpy(), ref["post_mean"][4])
     assert item["y"].item() == ref["y"][4]
 
     batch = ds.__getitems__([7, 2, 2])
