@@ -60,8 +60,7 @@ def test_an_in_order_file_loads_to_the_arrays_it_was_written_from(
     want["features"][:, :, steps] = counts
     if small_blocks:  # blocks and batches that end mid-window, and many of them
         monkeypatch.setattr("aline.data.layout.BLOCK_BYTES", 4 * F * 7)
-        monkeypatch.setattr("aline.data.parquet_input.WHOLE_GROUP_ROWS", 60)
-    monkeypatch.setattr("aline.data.parquet_input.BATCH_ROWS", 50)
+        monkeypatch.setattr("aline.data.parquet_input.BATCH_ROWS", 50)
     path = (
         write_csv(df, tmp_path / "a.csv") if fmt == "csv" else write_parquet(df, tmp_path / "a.parquet", 70)
     )
@@ -95,7 +94,6 @@ def test_bad_values_in_an_in_order_file_are_reported_with_every_row(
 ) -> None:
     """The fast layout stops at the first bad block; the general path then names the rows in every block."""
     monkeypatch.setattr("aline.data.layout.BLOCK_BYTES", 4 * F * 7)
-    monkeypatch.setattr("aline.data.parquet_input.WHOLE_GROUP_ROWS", 60)
     monkeypatch.setattr("aline.data.parquet_input.BATCH_ROWS", 50)
     df, _ = in_order(truth(n=9))
     bad = [5, 130, 200]  # in three different batches

@@ -186,7 +186,6 @@ def test_a_file_read_in_many_batches_loads_the_same_and_counts_rows_from_the_top
     df["subject_id"] = ["s" + str(int(w) % 3) for w in df["window_id"]]  # text ids next to integer ones
     path = write_parquet(df, tmp_path / "a.parquet", row_group_size=70)
     whole = read_split(path, COLS)
-    monkeypatch.setattr("aline.data.parquet_input.WHOLE_GROUP_ROWS", 60)
     monkeypatch.setattr("aline.data.parquet_input.BATCH_ROWS", 50)
     batched = read_split(path, COLS)
     for key in ("window_id", "subject_id", "features", "z", "sigma", "post_mean", "y"):

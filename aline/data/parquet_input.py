@@ -25,23 +25,6 @@ __all__ = ["iter_batches", "parquet_header", "read_parquet"]
 # Rows per read batch (a batch of 35 float64 columns is about 75 MB before the cast). At 10x data, 1 << 18
 # loaded as fast as 1 << 20 with a lower peak memory, and 1 << 16 was slower.
 BATCH_ROWS = 1 << 18
-# A row group up to this many rows is read whole: at 10x data (row groups of 1 << 20 rows, pyarrow's
-# default and what the simulator writes) the hourly columns decoded in 0.55-0.62 s that way against
-# 0.8-0.9 s in batches of 1 << 18, for the same peak memory (one thread). Larger row groups (a file
-# written as one) are read in batches of BATCH_ROWS.
-WHOLE_GROUP_ROWS = 1 << 20
-
-
-def _batches(reader: pq.ParquetFile, names: list[str]) -> Iterator[pa.RecordBatch]:
-    """The file's ``names`` columns in file order: a whole row group at a time when it is small enough."""
-    meta = reader.metadata
-    for i in range(meta.num_row_groups):
-        if meta.row_group(i).num_rows <= WHOLE_GROUP_ROWS:
-            yield from reader.read_row_group(i, columns=names, use_threads=PARSE_THREADS).to_batches()
-        else:
-            yield from reader.iter_batches(
-                batch_size=BATCH_ROWS, row_groups=[i], columns=names, use_threads=PARSE_THREADS
-            )
 
 
 def parquet_header(path: Path) -> list[str]:
@@ -77,7 +60,7 @@ def read_parquet(path: Path, plan: ReadPlan, names: list[str] | None = None) -> 
     whole = {name for name, kind in kinds.items() if name in ids or _is_text(kind)}
     chunks: dict[str, list[pa.Array]] = {name: [] for name in names}
     try:
-        for batch in _batches(reader, names):
+        for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=names, use_threads=PARSE_THREADS):
             for name, col in zip(names, batch.columns, strict=True):
                 # Unsafe cast: a float64 beyond float32's range becomes inf, which validation rejects as
                 # the CSV path does; NaN stored as a value is missing, like a null.
@@ -100,7 +83,8 @@ def iter_batches(path: Path, names: list[str]) -> Iterator[pa.RecordBatch]:
     """``names`` batch by batch as stored (no cast), for :func:`aline.data.layout.fill_groups`. A read
     error raises :class:`Irregular`: the general path then reads the file and words the message."""
     try:
-        for batch in _batches(pq.ParquetFile(path), names):
+        reader = pq.ParquetFile(path)
+        for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=names, use_threads=PARSE_THREADS):
             yield batch
             del batch
             pa.default_memory_pool().release_unused()  # the batch just laid out (see read_split)
