@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_parquet import COLS, F, frame, truth, write_csv, write_parquet
 
 from aline.config import DEFAULT_FEATURES
 from aline.data import DataError, read_split
 from aline.data.validate import id_codes
-from tests.test_parquet import COLS, F, frame, truth, write_csv, write_parquet
 
 
 def in_order(t: dict[str, np.ndarray]):
