@@ -59,9 +59,10 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
     try:
         return _read(path, header, plan, columns, fast=True)
     except Irregular:
-        # Something the fast layout does not describe (a bad value, a column of text): the column-by-column
-        # path reads the file again and names every bad row.
-        return _read(path, header, plan, columns, fast=False)
+        pass  # outside the handler, so that the general path's DataError is not chained to this
+    # Something the fast layout does not describe (a bad value, a column of text): the column-by-column
+    # path reads the file again and names every bad row.
+    return _read(path, header, plan, columns, fast=False)
 
 
 def _groups(plan: ReadPlan) -> list[HourlyGroup]:
