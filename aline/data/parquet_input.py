@@ -7,6 +7,8 @@ Parquet row numbers where the CSV path quotes file lines.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,15 +83,52 @@ def read_parquet(path: Path, plan: ReadPlan, names: list[str] | None = None) -> 
 
 def iter_batches(path: Path, names: list[str]) -> Iterator[pa.RecordBatch]:
     """``names`` batch by batch as stored (no cast), for :func:`aline.data.layout.fill_groups`. A read
-    error raises :class:`Irregular`: the general path then reads the file and words the message."""
+    error raises :class:`Irregular`: the general path then reads the file and words the message.
+
+    The next batch is decoded on a second thread while the caller lays out this one (pyarrow's decoding
+    and NumPy's copies both run without the GIL), and only then: at most two batches are alive at once."""
+    ready: queue.Queue = queue.Queue()  # decoded batches (at most one waiting), then _END or the error
+    wanted = threading.Semaphore(1)  # the consumer's go-ahead for decoding one more batch
+    stop = threading.Event()
+
+    def decode() -> None:
+        try:
+            batches = pq.ParquetFile(path).iter_batches(
+                batch_size=BATCH_ROWS, columns=names, use_threads=PARSE_THREADS
+            )
+            while True:
+                wanted.acquire()
+                if stop.is_set():
+                    return
+                batch = next(batches, _END)
+                ready.put(batch)
+                if batch is _END:
+                    return
+        except (pa.ArrowException, OSError) as err:
+            ready.put(Irregular(str(err)))
+        except BaseException as err:  # anything else (MemoryError) must still reach the caller
+            ready.put(err)
+
+    worker = threading.Thread(target=decode, name="aline-parquet-read", daemon=True)
+    worker.start()
     try:
-        reader = pq.ParquetFile(path)
-        for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=names, use_threads=PARSE_THREADS):
-            yield batch
-            del batch
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            wanted.release()  # decode the next batch while this one is laid out
+            yield item
+            del item
             pa.default_memory_pool().release_unused()  # the batch just laid out (see read_split)
-    except (pa.ArrowException, OSError) as err:
-        raise Irregular(str(err)) from None
+    finally:
+        stop.set()
+        wanted.release()  # a decoder waiting for the go-ahead sees the stop and ends
+        worker.join()
+
+
+_END = object()  # the decoder's last item
 
 
 def _unreadable(reader: pq.ParquetFile, names: list[str], err: Exception) -> str:
