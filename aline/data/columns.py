@@ -52,13 +52,6 @@ class ReadPlan:
         """Columns read as text, exactly as written (ids)."""
         return [c for c in (self.window_id, self.subject_id) if c is not None]
 
-    def hourly_columns(self) -> list[str]:
-        """Columns that become ``[N, 24]`` arrays (every hour's value kept): the bulk of a file."""
-        out = list(self.features)
-        for group in (self.latents, self.sigma, self.post_mean):
-            out += group or []
-        return out + [c for c in (self.query_value, self.answer) if c is not None]
-
     def columns(self) -> list[str]:
         out = [self.window_id, self.hour, *self.features]
         for group in (self.latents, self.sigma, self.post_mean):

@@ -66,7 +66,8 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
 
 
 def _groups(plan: ReadPlan) -> list[HourlyGroup]:
-    """The hourly columns by the array they fill, with what each may hold (as ``hourly`` checks them)."""
+    """The hourly columns by the array they fill, with what each may hold: the one statement of both
+    that the fast layout and the column-by-column path check against."""
     groups = [HourlyGroup(tuple(plan.features), allow_missing=True)]
     for names, lo in ((plan.latents, None), (plan.sigma, 0.0), (plan.post_mean, None)):
         if names:
@@ -90,11 +91,14 @@ def _drain(columns: dict[str, pa.ChunkedArray]) -> Iterator[pa.RecordBatch]:
 
 
 def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig, *, fast: bool) -> RawSplit:
-    hourly_names = plan.hourly_columns()
+    groups = _groups(plan)
+    spec = {g.names: g for g in groups}
+    hourly_names = [c for g in groups for c in g.names]
+    hourly_set = set(hourly_names)
     # The fast path streams a Parquet file's hourly columns later, straight into the arrays.
     stream = fast and is_parquet(path)
     if stream:
-        table = read_parquet(path, plan, [c for c in plan.columns() if c not in set(hourly_names)])
+        table = read_parquet(path, plan, [c for c in plan.columns() if c not in hourly_set])
     else:
         table = read_parquet(path, plan) if is_parquet(path) else parse_csv(path, header, plan)
     # Arrow's allocator keeps freed blocks (parse buffers, Parquet's float64 batches, each column once it
@@ -143,9 +147,9 @@ def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig,
     laid_out: dict[tuple[str, ...], np.ndarray] = {}
     present: set[str] | None = None
     if fast and order is None:
-        groups = _groups(plan)
-        names = [c for g in groups for c in g.names]
-        batches = iter_batches(path, names) if stream else _drain({c: parsed.pop(c) for c in names})
+        batches = (
+            iter_batches(path, hourly_names) if stream else _drain({c: parsed.pop(c) for c in hourly_names})
+        )
         outs, present = fill_groups(batches, groups, n * HOURS)
         laid_out = {g.names: out.reshape(n, HOURS, -1) for g, out in zip(groups, outs, strict=True)}
     elif stream:  # rows out of order: the general layout below, from a table of the hourly columns
@@ -156,19 +160,19 @@ def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig,
         if names is None:
             return True
         names = [names] if isinstance(names, str) else names
-        if present is not None and all(c in laid for c in names):
+        if present is not None and all(c in hourly_set for c in names):  # laid out by the fast path
             return not any(c in present for c in names)
         return all(parsed[c].null_count == n_rows for c in names)
 
-    laid = {c for group in laid_out for c in group}
-
-    def hourly(names: list[str], allow_missing: bool, lo: float | None = None) -> np.ndarray:
-        if tuple(names) in laid_out:
-            return laid_out.pop(tuple(names))
+    def hourly(names: list[str]) -> np.ndarray:
+        key = tuple(names)
+        if key in laid_out:
+            return laid_out.pop(key)
+        group = spec[key]
         out = np.empty((n, HOURS, len(names)), dtype=np.float32)  # [N, 24, k]
         for j, name in enumerate(names):
             v = col(name)
-            check_values(path, name, v, allow_missing=allow_missing, lo=lo)
+            check_values(path, name, v, allow_missing=group.allow_missing, lo=group.lo)
             out[:, :, j] = arrange(v)
             del v
             pa.default_memory_pool().release_unused()  # the parsed column, now in ``out``
@@ -205,16 +209,16 @@ def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig,
         not_constant(name, grid)
         return names[grid[:, 0]]
 
-    features = hourly(plan.features, allow_missing=True)
-    z = None if plan.latents is None else hourly(plan.latents, allow_missing=False)
-    sigma = None if blank(plan.sigma) else hourly(plan.sigma, allow_missing=False, lo=0.0)
-    post_mean = None if blank(plan.post_mean) else hourly(plan.post_mean, allow_missing=False)
+    features = hourly(plan.features)
+    z = None if plan.latents is None else hourly(plan.latents)
+    sigma = None if blank(plan.sigma) else hourly(plan.sigma)
+    post_mean = None if blank(plan.post_mean) else hourly(plan.post_mean)
     y = None if plan.label is None else per_window(plan.label, allowed=(0.0, 1.0))
     qv = plan.query_value
-    query_value = None if blank(qv) else hourly([qv], allow_missing=False).reshape(n, HOURS)
+    query_value = None if blank(qv) else hourly([qv]).reshape(n, HOURS)
     p_bayes = None if blank(plan.p_bayes) else per_window(plan.p_bayes, lo=0.0, hi=1.0)
     p_true = None if blank(plan.p_true) else per_window(plan.p_true, lo=0.0, hi=1.0)
-    answers = None if blank(plan.answer) else hourly([plan.answer], allow_missing=True).reshape(n, HOURS)
+    answers = None if blank(plan.answer) else hourly([plan.answer]).reshape(n, HOURS)
     split = RawSplit(
         path=path,
         window_id=wid_sorted,
