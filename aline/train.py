@@ -37,7 +37,7 @@ from aline.scoring import binary_scores
 from aline.training.engine import make_loader, setup_evaluator, setup_trainer
 from aline.training.handlers import CheckpointError, RunHandlers, install_sigterm_handler
 from aline.training.loop import resolve_info_gain, resolve_reward
-from aline.training.losses import resolve_posterior
+from aline.training.losses import resolve_mean_target, resolve_posterior
 from aline.training.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 
 
@@ -89,9 +89,7 @@ def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
     if into == "auto":
         # Without latent targets the labels are the only signal the encoder gets.
         into = posterior == "none"
-    mean_target = cfg.loss.mean_target
-    if mean_target == "auto":
-        mean_target = "posterior" if posterior == "mse" and train.post_mean is not None else "truth"
+    mean_target = resolve_mean_target(cfg.loss, posterior, train.post_mean is not None)
     loss = cfg.loss.model_copy(
         update={"posterior": posterior, "bce_into_encoder": into, "mean_target": mean_target}
     )

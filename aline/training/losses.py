@@ -278,6 +278,15 @@ def resolve_posterior(loss_cfg: LossConfig, has_latents: bool, has_sigma: bool) 
     return choice
 
 
+def resolve_mean_target(loss_cfg: LossConfig, posterior: str, has_post_mean: bool) -> str:
+    """What ``loss.mean_target`` means for a resolved ``loss.posterior`` on data with/without the
+    posterior-mean columns: ``auto`` → ``posterior`` under ``mse`` when they exist, else ``truth``."""
+    choice = loss_cfg.mean_target
+    if choice == "auto":
+        return "posterior" if posterior == "mse" and has_post_mean else "truth"
+    return choice
+
+
 def posterior_part(out: AlineOutput, batch: dict[str, Tensor], loss_cfg: LossConfig) -> Tensor:
     """L_post per window ``[B]`` under ``loss.posterior``; ``auto`` is resolved from the batch's keys as
     :func:`resolve_posterior` does from the data's columns."""
@@ -296,7 +305,7 @@ def posterior_of(mu_z: Tensor, sigma_z: Tensor, batch: dict[str, Tensor], loss_c
         sigma_target: Tensor | float = _require(batch, "sigma", "loss.sigma_target=posterior")
     else:
         sigma_target = loss_cfg.sigma_constant
-    if loss_cfg.mean_target != "truth" and "post_mean" in batch:
+    if "post_mean" in batch and resolve_mean_target(loss_cfg, choice, True) == "posterior":
         # Same minimiser as the truth (E[post_mean | inputs] = E[z | inputs]), without the truth's scatter
         # around the posterior mean, which is most of each step's gradient noise. A split without the
         # columns (checked for the training split before a run) falls back to the truth.
