@@ -129,17 +129,13 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
             "(data.columns.latent_prefix, data.columns.latents); without them use loss.posterior=auto or none"
         )
     if posterior == "mse" and cfg.loss.sigma_target == "posterior" and raw.sigma is None:
-        sigma_cols = cols.sigma_columns()
-        where = "data.columns.sigma_prefix is null" if sigma_cols is None else f"the file lacks {sigma_cols}"
+        where = _lacking(cols.sigma_columns(), "sigma_prefix")
         problems.append(
             f"loss.posterior=mse with loss.sigma_target=posterior needs the posterior std columns ({where}); "
             "use loss.posterior=nll (or auto), which needs no sigma target"
         )
     if cfg.loss.mean_target == "posterior" and raw.post_mean is None:
-        mean_cols = cols.post_mean_columns()
-        where = (
-            "data.columns.post_mean_prefix is null" if mean_cols is None else f"the file lacks {mean_cols}"
-        )
+        where = _lacking(cols.post_mean_columns(), "post_mean_prefix")
         problems.append(
             f"loss.mean_target=posterior needs the posterior mean columns ({where}); "
             "use loss.mean_target=truth (or auto)"
@@ -161,6 +157,11 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
         )
     if problems:
         raise DataError(f"{raw.path}: " + "; ".join(problems))
+
+
+def _lacking(columns: list[str] | None, prefix_key: str) -> str:
+    """Why a prefixed column group is missing: its prefix is switched off, or the file lacks the columns."""
+    return f"data.columns.{prefix_key} is null" if columns is None else f"the file lacks {columns}"
 
 
 # --- starting from another run's weights -----------------------------------------------------------------
