@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from test_parquet import COLS, F, frame, truth, write_csv, write_parquet
 
@@ -109,21 +108,6 @@ def test_bad_values_in_an_in_order_file_are_reported_with_every_row(
     assert not [t for t in threading.enumerate() if t.name == "aline-parquet-read"]  # the reader stopped
     first = 2 if fmt == "csv" else 1  # the CSV line of data row 0, or its Parquet row number
     assert [int(n) for n in re.findall(r"\b(?:line|row) (\d+)", str(err.value))] == [r + first for r in bad]
-
-
-def test_a_damaged_hourly_column_of_an_in_order_file_is_named(tmp_path: Path) -> None:
-    """The read fails on the decoding thread; the message is still the general path's, naming the column."""
-    df, _ = in_order(truth(n=20))
-    path = write_parquet(df, tmp_path / "damaged.parquet")
-    meta = pq.ParquetFile(path).metadata
-    chunk = meta.row_group(0).column(meta.schema.names.index("heart_rate"))
-    data = bytearray(path.read_bytes())
-    start = chunk.data_page_offset
-    data[start : start + chunk.total_compressed_size] = b"\xab" * chunk.total_compressed_size
-    path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"damaged\.parquet: column 'heart_rate': cannot read it \("):
-        read_split(path, COLS)
-    assert not [t for t in threading.enumerate() if t.name == "aline-parquet-read"]
 
 
 def test_an_optional_column_empty_throughout_is_absent_on_the_fast_path(
