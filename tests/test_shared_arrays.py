@@ -11,7 +11,7 @@ import pytest
 from aline.config import DataConfig
 from aline.data import load_splits
 from aline.data.dataset import Normalizer, WindowDataset
-from aline.data.shared import SharedSplit, open_splits, shared_splits
+from aline.data.shared import SharedSplit, open_splits, read_only_splits, shared_splits
 from aline.simulate import simulate
 
 
@@ -32,6 +32,8 @@ def test_handles_are_small_and_map_the_same_arrays(splits) -> None:
         for name, raw in splits.items():
             mapped = opened[name]
             assert mapped.path == raw.path and mapped.feature_names == raw.feature_names
+            # The asked feature's name travels in the handle as the str it was, not as a 0-d array.
+            assert type(mapped.asked_feature) is str and mapped.asked_feature == raw.asked_feature
             for key in ("features", "z", "sigma", "post_mean", "y", "query_value", "p_bayes"):
                 value = getattr(mapped, key)
                 assert isinstance(value, np.memmap) and not value.flags.writeable, key
@@ -91,3 +93,21 @@ def test_sharing_keeps_no_reference_to_the_in_memory_arrays(splits) -> None:
         gc.collect()
         assert alive() is None
         assert open_splits(handles)["train"].features.shape[0] == len(splits["train"])
+
+
+def test_read_only_splits_refuse_writes_to_every_array(tmp_path_factory) -> None:
+    """What forked ranks read in place: a write raises rather than copying a page into the writer."""
+    out = tmp_path_factory.mktemp("ro")
+    simulate(subjects=6, days=3, seed=2, out_dir=out, progress=False)
+    splits = load_splits(DataConfig(dir=str(out)), splits=("train",))
+    raw = splits["train"]
+    before = raw.features.copy()
+    read_only_splits(splits)
+    arrays = {k: v for k, v in vars(raw).items() if isinstance(v, np.ndarray)}
+    assert {"features", "z", "y", "answers", "window_id"} <= set(arrays)
+    for key, value in arrays.items():
+        with pytest.raises(ValueError, match="read-only"):
+            value[0] = value[1]
+        assert not value.flags.writeable, key
+    np.testing.assert_array_equal(raw.features, before)
+    assert raw.asked_feature == "symptom_score"  # not an array: left as it was

@@ -1,7 +1,9 @@
 """One copy of the loaded splits for all processes of a multi-process run.
 
-``dist.nproc_per_node=N`` spawns N training processes from the one that loaded and validated the data.
-Handing them the arrays would pickle a private copy into every process. Instead the loading process writes
+``dist.nproc_per_node=N`` starts N training processes from the one that loaded and validated the data.
+Forked ranks (``dist.start_method``) inherit its arrays: the pages stay shared as long as nobody writes
+them, which :func:`read_only_splits` makes sure of. Spawned ranks are fresh interpreters; handing them the
+arrays would pickle a private copy into every process. Instead the loading process writes
 each array once as a ``.npy`` file in a temporary folder and passes small picklable handles
 (:class:`SharedSplit`); every rank maps the files read-only (``np.load(mmap_mode="r")``), so the pages sit
 once in the page cache and are shared by all ranks. :class:`aline.data.dataset.WindowDataset` indexes the maps
@@ -24,11 +26,12 @@ import numpy as np
 
 from aline.data import RawSplit
 
-__all__ = ["SharedSplit", "open_splits", "share_splits", "shared_splits"]
+__all__ = ["SharedSplit", "open_splits", "read_only_splits", "share_splits", "shared_splits"]
 
-# The RawSplit fields that hold arrays (every field but these two, which travel in the handle), so a field
+# The RawSplit fields that hold arrays (every field but these three, which travel in the handle), so a field
 # added to RawSplit is shared without a change here. Ids are text: they are mapped as fixed-width strings.
-_ARRAY_FIELDS = tuple(f.name for f in dataclasses.fields(RawSplit) if f.name not in ("path", "feature_names"))
+_HANDLE_FIELDS = ("path", "feature_names", "asked_feature")
+_ARRAY_FIELDS = tuple(f.name for f in dataclasses.fields(RawSplit) if f.name not in _HANDLE_FIELDS)
 _TEXT_FIELDS = frozenset({"window_id", "subject_id"})
 
 
@@ -40,6 +43,7 @@ class SharedSplit:
     folder: Path
     feature_names: tuple[str, ...]
     present: tuple[str, ...]  # array fields that were written (the split's optional ones may be absent)
+    asked_feature: str | None = None
 
     def open(self) -> RawSplit:
         arrays = {k: np.load(self.folder / f"{k}.npy", mmap_mode="r") for k in self.present}
@@ -48,6 +52,7 @@ class SharedSplit:
         return RawSplit(
             path=self.path,
             feature_names=self.feature_names,
+            asked_feature=self.asked_feature,
             **{k: arrays.get(k) for k in _ARRAY_FIELDS},
         )
 
@@ -66,7 +71,7 @@ def share_splits(splits: Mapping[str, RawSplit], folder: Path) -> dict[str, Shar
                     value = value.astype(str)  # object arrays cannot be mapped; fixed-width text can
                 np.save(where / f"{key}.npy", np.ascontiguousarray(value), allow_pickle=False)
                 present.append(key)
-        out[name] = SharedSplit(raw.path, where, tuple(raw.feature_names), tuple(present))
+        out[name] = SharedSplit(raw.path, where, tuple(raw.feature_names), tuple(present), raw.asked_feature)
     return out
 
 
@@ -89,3 +94,13 @@ def shared_splits(
 def open_splits(splits: Mapping[str, RawSplit | SharedSplit]) -> dict[str, RawSplit]:
     """Map the shared splits; in-memory ones pass through (a one-process run shares nothing)."""
     return {k: v.open() if isinstance(v, SharedSplit) else v for k, v in splits.items()}
+
+
+def read_only_splits(splits: Mapping[str, RawSplit]) -> None:
+    """Mark every array of the splits read-only, in place: a write (which would copy the page into the
+    writing rank, and is a bug anyway) raises instead."""
+    for raw in splits.values():
+        for key in _ARRAY_FIELDS:
+            value = getattr(raw, key)
+            if value is not None:
+                value.flags.writeable = False
