@@ -285,6 +285,7 @@ class LoggingConfig(_Section):
 class DistConfig(_Section):
     nproc_per_node: int = Field(1, ge=1, le=64)
     backend: Literal["gloo", "nccl"] | None = None
+    start_method: Literal["auto", "spawn", "fork"] = "auto"
 
 
 class RunConfig(_Section):

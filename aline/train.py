@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
 import socket
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +30,9 @@ from torch.utils.data import DataLoader
 from aline import contract
 from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
-from aline.data import DataError, RawSplit, feature_report, load_splits
+from aline.data import DataError, RawSplit, feature_report, load_splits, return_freed_memory
 from aline.data.dataset import Normalizer, WindowDataset
-from aline.data.shared import SharedSplit, open_splits, shared_splits
+from aline.data.shared import SharedSplit, open_splits, read_only_splits, shared_splits
 from aline.model.asking import pool_mask
 from aline.model.network import build_model, unwrap
 from aline.scoring import binary_scores
@@ -367,6 +369,7 @@ def setup_run(
         normalizer = Normalizer.fit(splits["train"])
     train_set = window_dataset(cfg, splits["train"], normalizer)
     val_set = window_dataset(cfg, splits["val"], normalizer)
+    return_freed_memory()  # the normaliser's and the question pool's temporaries: 63 MB at 10x data
     train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=cfg.seed)
 
@@ -426,8 +429,13 @@ def _training(
     idist.barrier()
 
 
-def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> TrainResult:
-    """Train one run; raises ConfigError/DataError (nothing written) or the training failure."""
+def train(
+    cfg: Config, *, resume: str | Path | None = None, announce=print, may_fork: bool = False
+) -> TrainResult:
+    """Train one run; raises ConfigError/DataError (nothing written) or the training failure.
+
+    ``may_fork``: the caller vouches that this process has run no multi-threaded torch operation (the
+    command line's case), so that ``dist.start_method=auto`` may fork the ranks (see :class:`Launch`)."""
     if cfg.logging.wandb:
         import importlib.util
 
@@ -435,68 +443,109 @@ def train(cfg: Config, *, resume: str | Path | None = None, announce=print) -> T
 
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError(WANDB_MISSING)
-    _launch_plan(cfg)
-    if resume is None:
-        check_runs_root(cfg.run.dir)  # before any work, and without creating anything
-    splits = prepare_data(cfg, announce=announce)
-    cfg = resolve_config(cfg, splits)
-    # On resume the run's own last.pt and normaliser win; init_from only seeds a new run.
-    init = None if resume is not None else load_init(cfg)
-    # Under torchrun every process runs this; rank 0 owns the folder and broadcasts its name.
-    leader = int(os.environ.get("RANK", "0")) == 0
-    owner: RunOwner | None = None
-    if resume is not None:
-        run_dir = Path(resume)
-        owner = _claim_for_resume(run_dir, announce) if leader else None
-    elif leader:
-        run_dir = create_run_dir(cfg.run.dir, cfg.run.name)
-        owner = RunOwner(run_dir).acquire()
-    else:
-        run_dir = Path(cfg.run.dir) / "(named by rank 0)"
-    try:
-        return _train_in(cfg, run_dir, resume is not None, splits, init)
-    except CheckpointError as err:
-        if leader:
-            _record_fault(run_dir, str(err))
-        raise
-    finally:
-        if owner is not None:
-            owner.release()
+    launch = Launch.plan(cfg, may_fork)
+    with launch.no_thread_pool():
+        if resume is None:
+            check_runs_root(cfg.run.dir)  # before any work, and without creating anything
+        splits = prepare_data(cfg, announce=announce)
+        cfg = resolve_config(cfg, splits)
+        # On resume the run's own last.pt and normaliser win; init_from only seeds a new run.
+        init = None if resume is not None else load_init(cfg)
+        # Under torchrun every process runs this; rank 0 owns the folder and broadcasts its name.
+        leader = int(os.environ.get("RANK", "0")) == 0
+        owner: RunOwner | None = None
+        if resume is not None:
+            run_dir = Path(resume)
+            owner = _claim_for_resume(run_dir, announce) if leader else None
+        elif leader:
+            run_dir = create_run_dir(cfg.run.dir, cfg.run.name)
+            owner = RunOwner(run_dir).acquire()
+        else:
+            run_dir = Path(cfg.run.dir) / "(named by rank 0)"
+        try:
+            return _train_in(cfg, run_dir, resume is not None, splits, init, launch)
+        except CheckpointError as err:
+            if leader:
+                _record_fault(run_dir, str(err))
+            raise
+        finally:
+            if owner is not None:
+                owner.release()
 
 
-def _launch_plan(cfg: Config) -> tuple[str | None, int | None]:
-    """(backend, processes to spawn) for idist.Parallel; ConfigError before anything is created."""
-    backend = cfg.dist.backend
-    if backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    spawn = cfg.dist.nproc_per_node if cfg.dist.nproc_per_node > 1 else None
-    if spawn and backend is None:
-        raise ConfigError("dist.nproc_per_node > 1 needs dist.backend (gloo on CPU, nccl on GPU)")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
-    return backend, spawn
+@dataclass(frozen=True)
+class Launch:
+    """How the run's processes start: the process group's backend, how many ranks this process starts
+    (None: it trains itself) and by which start method, and the torch threads each rank trains with.
+
+    A forked rank shares the launcher's pages (the interpreter, torch, ignite: about 210 MB that a spawned
+    rank holds privately). GNU OpenMP, torch's CPU thread pool, is not fork-safe: a child forked after its
+    parent ran a multi-threaded torch operation hangs in its first one (measured: a 2000 x 2000 matmul never
+    returned; with the parent's op on one thread, it ran). So a forking launcher keeps torch on one thread
+    until the ranks start (:meth:`no_thread_pool`), and each rank then sets ``threads``. ``auto`` forks only
+    for a caller that vouches that nothing ran before (``python -m aline.train``); ``train()`` called from
+    Python spawns, since a notebook or a test may have run torch already.
+    """
+
+    backend: str | None
+    nproc: int | None
+    method: str
+    threads: int
+
+    @classmethod
+    def plan(cls, cfg: Config, may_fork: bool = False) -> Launch:
+        """ConfigError before anything is created."""
+        backend = cfg.dist.backend
+        if backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        nproc = cfg.dist.nproc_per_node if cfg.dist.nproc_per_node > 1 else None
+        if nproc and backend is None:
+            raise ConfigError("dist.nproc_per_node > 1 needs dist.backend (gloo on CPU, nccl on GPU)")
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
+        method = cfg.dist.start_method
+        if method == "auto":
+            method = "fork" if may_fork else "spawn"
+        threads = torch.get_num_threads()
+        if nproc and "OMP_NUM_THREADS" not in os.environ:
+            # The ranks share the cores: N ranks of all-core thread pools left 2 ranks on 2 cores 6x slower
+            # than one process (an epoch in 126-140 s against 21 s). A user's OMP_NUM_THREADS wins.
+            threads = max(1, threads // nproc)
+        return cls(backend, nproc, method, threads)
+
+    @property
+    def forks(self) -> bool:
+        return self.nproc is not None and self.method == "fork"
+
+    @contextlib.contextmanager
+    def no_thread_pool(self) -> Iterator[None]:
+        """While this process prepares a forked launch, its torch work runs on one thread (no OpenMP pool
+        for the ranks to inherit); the thread count is restored afterwards."""
+        if not self.forks:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self.threads)
 
 
 def _train_in(
-    cfg: Config, run_dir: Path, resume: bool, splits: dict[str, RawSplit], init: InitFrom | None
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    splits: dict[str, RawSplit],
+    init: InitFrom | None,
+    launch: Launch,
 ) -> TrainResult:
-    backend, spawn = _launch_plan(cfg)
     resolved: list[str] = []
-    if spawn is None and backend is None:
+    if launch.nproc is None and launch.backend is None:
         # One plain process: the launcher's "Run ... in 1 processes" lines say nothing to the user.
         logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
-    # A fixed rendezvous port (ignite's default 2222) makes two multi-process runs on one machine collide:
-    # a spawned group takes a free port unless the user named one.
-    port = _free_port() if spawn and "MASTER_PORT" not in os.environ else None
-    extra = {"master_port": port} if port is not None else {}
-    with contextlib.ExitStack() as stack:
-        if spawn:
-            # Spawned ranks map one shared copy of the arrays rather than each unpickling its own; this
-            # process drops its copy (the only reference) before they start.
-            splits = stack.enter_context(shared_splits(splits))
-        with idist.Parallel(backend=backend, nproc_per_node=spawn, **extra) as parallel:
-            parallel.run(_training, cfg, str(run_dir), resume, splits, resolved, init)
-    # Spawned children broadcast this process's name; under torchrun rank 0's name replaces ours.
+    with rank_data(launch, splits) as handed:
+        run_ranks(launch, _training, cfg, str(run_dir), resume, handed, resolved, init)
+    # Started ranks broadcast this process's name; under torchrun rank 0's name replaces ours.
     run_dir = Path(resolved[0]) if resolved else run_dir
     status = _read_status(run_dir)
     return TrainResult(
@@ -506,6 +555,52 @@ def _train_in(
         best=status.get("best"),
         oracle=status.get("oracle") or {},
     )
+
+
+@contextlib.contextmanager
+def rank_data(launch: Launch, splits: dict[str, RawSplit]) -> Iterator[dict[str, RawSplit | SharedSplit]]:
+    """The splits as the ranks ``launch`` starts receive them (:func:`open_splits` turns them back into
+    arrays), with one copy of the arrays between all processes."""
+    if launch.forks:
+        # Forked ranks read this process's arrays in place, on pages they share, and share what it
+        # imported: so import here what each rank's validation metrics would import for itself.
+        read_only_splits(splits)
+        import sklearn.metrics  # noqa: F401
+
+        yield splits
+    elif launch.nproc:
+        # Spawned ranks map one shared copy of the arrays rather than each unpickling its own. This
+        # process drops its copy (the caller's dict too) before they start.
+        with shared_splits(splits) as shared:
+            splits.clear()
+            yield shared
+    else:
+        yield splits
+
+
+def run_ranks(launch: Launch, fn: Callable[..., None], *args: Any) -> None:
+    """``fn(local_rank, *args)`` in every rank ``launch`` starts, or in this process when it starts none."""
+    extra: dict[str, Any] = {}
+    if launch.nproc:
+        extra["start_method"] = launch.method
+        # A fixed rendezvous port (ignite's default 2222) makes two multi-process runs on one machine
+        # collide: a started group takes a free port unless the user named one.
+        if "MASTER_PORT" not in os.environ:
+            extra["master_port"] = _free_port()
+    with contextlib.ExitStack() as stack:
+        if launch.forks:
+            # What this process holds stays out of the ranks' garbage collections, whose bookkeeping writes
+            # would otherwise copy the shared pages into each rank.
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
+        with idist.Parallel(backend=launch.backend, nproc_per_node=launch.nproc, **extra) as parallel:
+            parallel.run(_in_rank, launch.threads, fn, *args)
+
+
+def _in_rank(local_rank: int, threads: int, fn: Callable[..., None], *args: Any) -> None:
+    torch.set_num_threads(threads)  # a forked rank inherits the launcher's one thread (Launch)
+    fn(local_rank, *args)
 
 
 def _free_port() -> int:
@@ -576,7 +671,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             if args.init_from:
                 cfg.trainer.init_from = args.init_from
-        result = train(cfg, resume=args.resume)
+        # Nothing here has run a torch operation: the ranks may be forked (start_method).
+        result = train(cfg, resume=args.resume, may_fork=True)
     except (ConfigError, DataError, OwnershipError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID

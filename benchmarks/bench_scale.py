@@ -7,8 +7,9 @@ For each scale (1x = 300 subjects x 60 days, 432k rows; 10x = 3,000 x 60, 4.3 M 
 - load time: ``aline.data.load_splits`` of train and val (parse, validation, arrays) in a fresh process,
   against a bare pyarrow read of the same two files (``pyarrow.csv.read_csv`` / ``pyarrow.parquet
   .read_table``, all columns, default options) also in a fresh process;
-- for 1 and 2 training processes (``dist.nproc_per_node=2`` over gloo, which maps one shared copy of the
-  arrays through ``aline.data.shared``): peak RSS of every process (the loading parent and each rank),
+- for 1 and 2 training processes (``dist.nproc_per_node=2`` over gloo, started as ``aline.train`` starts
+  them: forked ranks read the launcher's arrays in place, spawned ones (``--start-method spawn``) map one
+  shared copy through ``aline.data.shared``): peak RSS of every process (the loading parent and each rank),
   PSS (proportional set size: shared pages divided among the processes that map them, so PSS adds up
   across processes) after each rank has made one full pass over its shard of train and val as an epoch
   does, and training windows/s over a fixed number of optimisation steps of the default model;
@@ -30,7 +31,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -152,17 +152,18 @@ def _rank(local_rank: int, cfg, handles, steps: int, warmup: int, out_dir: str) 
     Path(out_dir, f"rank{idist.get_rank()}.json").write_text(json.dumps(result))
 
 
-def worker_train(data_dir: str, nproc: int, steps: int, warmup: int) -> dict[str, Any]:
-    import ignite.distributed as idist
-
+def worker_train(data_dir: str, nproc: int, steps: int, warmup: int, start_method: str) -> dict[str, Any]:
     from aline.config import load_config
     from aline.data import load_splits
-    from aline.data.shared import shared_splits
+    from aline.train import Launch, rank_data, run_ranks
 
-    cfg = load_config(None, [f"data.dir={data_dir}"])
+    dist = [f"dist.nproc_per_node={nproc}", "dist.backend=gloo", f"dist.start_method={start_method}"]
+    cfg = load_config(None, [f"data.dir={data_dir}", *dist])
+    launch = Launch.plan(cfg)  # the trainer's launch: fork or spawn, each rank's threads
     base = smaps()["rss"]  # interpreter, torch, ignite, aline: before any data
     t0, c0 = time.perf_counter(), time.process_time()
-    splits = load_splits(cfg.data, splits=("train", "val"))
+    with launch.no_thread_pool():
+        splits = load_splits(cfg.data, splits=("train", "val"))
     out: dict[str, Any] = {
         "load_seconds": time.perf_counter() - t0,
         "load_cpu_seconds": time.process_time() - c0,
@@ -174,14 +175,11 @@ def worker_train(data_dir: str, nproc: int, steps: int, warmup: int) -> dict[str
         out["ranks"] = [_steps(cfg, splits, steps, warmup)]
         out["parent"] = None
         return out
-    with tempfile.TemporaryDirectory() as tmp, shared_splits(splits) as handles:
-        del splits  # as aline.train does: the ranks map the shared copy, this process keeps none
-        # A free port: ignite's default (2222) may be taken by another run on a shared machine.
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        with idist.Parallel(backend="gloo", nproc_per_node=nproc, master_port=port) as parallel:
-            parallel.run(_rank, cfg, handles, steps, warmup, tmp)
+    # As aline.train hands the data over: forked ranks read these arrays in place; spawned ones map one
+    # shared copy, and this process keeps none.
+    with tempfile.TemporaryDirectory() as tmp, launch.no_thread_pool(), rank_data(launch, splits) as handed:
+        del splits
+        run_ranks(launch, _rank, cfg, handed, steps, warmup, tmp)
         out["ranks"] = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(nproc)]
     out["parent"] = {"peak_rss_mb": peak_rss_mb(), "mem": out["ranks"][0].pop("parent_mem")}
     return out
@@ -208,13 +206,15 @@ def spawn(*args: str) -> dict[str, Any]:
 # --- the table ---------------------------------------------------------------------------------------------
 
 
-def measure(scale: float, fmt: str, root: Path, steps: int, warmup: int, nprocs: list[int]) -> dict[str, Any]:
+def measure(
+    scale: float, fmt: str, root: Path, steps: int, warmup: int, nprocs: list[int], start_method: str
+) -> dict[str, Any]:
     subjects = max(3, round(BASE_SUBJECTS * scale))
     data = root / f"{scale:g}x-{fmt}"
     sim = spawn("simulate", str(data), str(subjects), fmt)
     files = [str(data / f"synthetic_migraine_{s}.{fmt}") for s in ("train", "val")]
     bare = [spawn("bare", *files)]
-    runs = {n: spawn("train", str(data), str(n), str(steps), str(warmup)) for n in nprocs}
+    runs = {n: spawn("train", str(data), str(n), str(steps), str(warmup), start_method) for n in nprocs}
     bare.append(spawn("bare", *files))  # before and after: the machine's load changes meanwhile
     return {
         "scale": scale,
@@ -328,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--formats", default="csv,parquet")
     ap.add_argument("--nproc", default="1,2", help="training process counts")
     # 120 steps at the default batch 64 (about 15 s): 30 steps (4-5 s) gave 0.73-1.15x between two runs.
+    ap.add_argument(
+        "--start-method",
+        choices=("fork", "spawn"),
+        default="fork",
+        help="how the 2-process runs start their ranks (dist.start_method; python -m aline.train forks)",
+    )
     ap.add_argument("--steps", type=int, default=120, help="timed training steps per run (default 120)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
     ap.add_argument("--keep", type=Path, help="simulate into this folder and keep it (default: a temp dir)")
@@ -350,11 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "simulate":
             result = worker_simulate(rest[0], int(rest[1]), rest[2])
         else:
-            result = worker_train(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+            result = worker_train(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), rest[4])
         print(json.dumps(result))
         return 0
 
-    print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs", flush=True)
+    omp = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"OMP_NUM_THREADS={omp}, {os.cpu_count()} CPUs, ranks started by {args.start_method}", flush=True)
     nprocs = [int(n) for n in args.nproc.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -362,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         for scale in [float(s) for s in args.scales.split(",")]:
             for fmt in args.formats.split(","):
                 t0 = time.perf_counter()
-                results.append(measure(scale, fmt, root, args.steps, args.warmup, nprocs))
+                results.append(measure(scale, fmt, root, args.steps, args.warmup, nprocs, args.start_method))
                 print(f"[{scale:g}x {fmt} measured in {time.perf_counter() - t0:.0f} s]", flush=True)
                 if args.json:  # as it goes: a long run stopped half way keeps what it measured
                     args.json.write_text(json.dumps(results, indent=1))

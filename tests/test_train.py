@@ -262,6 +262,28 @@ def test_two_processes_log_the_metrics_one_process_computes(tiny_data: Path, tmp
 
 
 @pytest.mark.slow
+def test_the_command_line_forks_its_ranks_and_they_train_as_spawned_ones_do(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``python -m aline.train`` forks its ranks (dist.start_method=auto); train() from Python spawns them.
+    Same seed, same data: the two runs must log the same figures, and the forked one must finish (a rank
+    forked with torch's OpenMP pool started would hang in its first parallel op)."""
+    extra = ["trainer.epochs=1", "dist.nproc_per_node=2", "dist.backend=gloo"]
+    spawned = train_mod.train(tiny_config(tiny_data, tmp_path / "spawned", *extra), announce=lambda _: None)
+    runs = tmp_path / "forked"
+    cmd = [sys.executable, "-m", "aline.train", f"data.dir={tiny_data}", f"run.dir={runs}", *TINY_MODEL]
+    cmd += extra
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "start_method: fork" in proc.stderr  # ignite's launcher lists how it started the ranks
+    (forked,) = runs.iterdir()
+    assert json.loads((forked / contract.STATUS_FILE).read_text())["state"] == "finished"
+    (a,), (b,) = val_rows(spawned.run_dir), val_rows(forked)
+    for name in ("loss", "auc", "brier", "post_mse", "policy_value"):
+        assert float(a[name]) == pytest.approx(float(b[name]), rel=1e-6), name
+
+
+@pytest.mark.slow
 def test_cli_under_torchrun(tiny_data: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     cmd = [

@@ -20,6 +20,15 @@ from aline.contract import HOURS
 from aline.data.csv_input import MISSING_MARKERS
 from aline.data.errors import DataError
 from aline.data.read import RawSplit, read_split
-from aline.data.splits import feature_report, load_splits
+from aline.data.splits import feature_report, load_splits, return_freed_memory
 
-__all__ = ["HOURS", "MISSING_MARKERS", "DataError", "RawSplit", "feature_report", "load_splits", "read_split"]
+__all__ = [
+    "HOURS",
+    "MISSING_MARKERS",
+    "DataError",
+    "RawSplit",
+    "feature_report",
+    "load_splits",
+    "read_split",
+    "return_freed_memory",
+]
