@@ -483,8 +483,9 @@ class Launch:
     parent ran a multi-threaded torch operation hangs in its first one (measured: a 2000 x 2000 matmul never
     returned; with the parent's op on one thread, it ran). So a forking launcher keeps torch on one thread
     until the ranks start (:meth:`no_thread_pool`), and each rank then sets ``threads``. ``auto`` forks only
-    for a caller that vouches that nothing ran before (``python -m aline.train``); ``train()`` called from
-    Python spawns, since a notebook or a test may have run torch already.
+    CPU ranks on Linux, and only for a caller that vouches that nothing ran before (``python -m
+    aline.train``); ``train()`` called from Python spawns, since a notebook or a test may have run torch
+    already.
     """
 
     backend: str | None
@@ -505,7 +506,10 @@ class Launch:
             raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
         method = cfg.dist.start_method
         if method == "auto":
-            method = "fork" if may_fork else "spawn"
+            # Forking is what was measured: Linux, CPU ranks. A CUDA context does not survive a fork, and
+            # macOS's system libraries are not fork-safe (Python spawns there by default).
+            cpu = backend == "gloo" and (cfg.device == "cpu" or not torch.cuda.is_available())
+            method = "fork" if may_fork and cpu and sys.platform == "linux" else "spawn"
         threads = torch.get_num_threads()
         if nproc and "OMP_NUM_THREADS" not in os.environ:
             # The ranks share the cores: N ranks of all-core thread pools left 2 ranks on 2 cores 6x slower
@@ -524,11 +528,12 @@ class Launch:
         if not self.forks:
             yield
             return
+        before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             yield
         finally:
-            torch.set_num_threads(self.threads)
+            torch.set_num_threads(before)
 
 
 def _train_in(

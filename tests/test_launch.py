@@ -30,6 +30,16 @@ def test_auto_forks_only_for_a_caller_that_vouches_for_its_process(method, may_f
     assert launch.method == expected and launch.forks == (expected == "fork")
 
 
+def test_auto_spawns_gpu_ranks_and_off_linux(monkeypatch) -> None:
+    # nccl ranks hold CUDA contexts, which do not survive a fork.
+    assert plan("dist.nproc_per_node=2", "dist.backend=nccl", "device=cpu", may_fork=True).method == "spawn"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert plan(*TWO, may_fork=True).method == "spawn"  # device=auto would put the gloo ranks on a GPU
+    assert plan(*TWO, "device=cpu", may_fork=True).method == "fork"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert plan(*TWO, "device=cpu", may_fork=True).method == "spawn"
+
+
 def test_one_process_starts_no_ranks_and_keeps_every_thread() -> None:
     launch = plan(may_fork=True)
     assert launch.nproc is None and not launch.forks
