@@ -152,7 +152,11 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
             f"policy.reward=info_gain needs an answer column (data.columns.answers = {cols.answers}); "
             "use policy.reward=uncertainty instead"
         )
-    if cfg.policy.info_gain == "logprob" and raw.z is None:
+    reward = resolve_reward(
+        cfg.policy.reward, has_query_value=raw.query_value is not None, has_answers=raw.answers is not None
+    )
+    # The estimator is read only by the info_gain reward: with another reward, logprob needs nothing.
+    if reward == "info_gain" and cfg.policy.info_gain == "logprob" and raw.z is None:
         problems.append(
             f"policy.info_gain=logprob scores answers by the latent truth: it needs the latent columns "
             f"{cols.latent_columns()}; use policy.info_gain=variance (or auto)"

@@ -331,6 +331,9 @@ def test_no_sigma_columns_train_the_posterior_by_nll(tmp_path: Path, one_torch_t
         train_mod.prepare_data(
             load_config(None, [*blind, "policy.info_gain=logprob"]), announce=lambda _: None
         )
+    # ... but only where the info_gain reward reads the estimator: with another reward it is no error.
+    other = [*blind, "policy.info_gain=logprob", "policy.reward=uncertainty"]
+    assert train_mod.prepare_data(load_config(None, other), announce=lambda _: None)["train"].z is None
     assert not (tmp_path / "runs").exists()
 
 
