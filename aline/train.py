@@ -11,9 +11,12 @@ import contextlib
 import gc
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -604,12 +607,34 @@ def run_ranks(launch: Launch, fn: Callable[..., None], *args: Any) -> None:
             gc.freeze()
             stack.callback(gc.unfreeze)
         with idist.Parallel(backend=launch.backend, nproc_per_node=launch.nproc, **extra) as parallel:
-            parallel.run(_in_rank, launch.threads, fn, *args)
+            try:
+                parallel.run(_in_rank, launch.threads, launch.nproc is not None, fn, *args)
+            except KeyboardInterrupt:
+                if launch.nproc:
+                    _stop_ranks()
+                raise
 
 
-def _in_rank(local_rank: int, threads: int, fn: Callable[..., None], *args: Any) -> None:
+def _in_rank(local_rank: int, threads: int, started: bool, fn: Callable[..., None], *args: Any) -> None:
     torch.set_num_threads(threads)  # a forked rank inherits the launcher's one thread (Launch)
+    if started:  # a spawned rank would die at SIGTERM without a status or last.pt
+        install_sigterm_handler(rank=True)
     fn(local_rank, *args)
+
+
+def _stop_ranks(grace_s: float = 120.0) -> None:
+    """Ctrl-C or SIGTERM reached the launcher: pass SIGTERM on to the ranks and wait for them to stop as a
+    single process does (status stopped, a resumable last.pt). A scheduler may signal the launcher alone,
+    and ranks left running would go on training with nobody waiting for them (measured: they did)."""
+    ranks = multiprocessing.active_children()
+    for proc in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in ranks:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
 
 
 def _free_port() -> int:

@@ -189,6 +189,45 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(
     assert not list(run.rglob("*.tmp")) and not (run / "owner.lock").exists()
 
 
+def _ranks(pid: int) -> list[int]:
+    """The launcher's child processes, less multiprocessing's resource tracker (spawn starts one, and it
+    leaves on its own once its parent is gone)."""
+    kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [k for k in kids if b"resource_tracker" not in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_sigterm_to_the_launcher_alone_stops_every_rank_resumably(
+    data: Path, tmp_path: Path, method: str
+) -> None:
+    """A scheduler may signal only the process it started. Its ranks must stop with it, as one process
+    does (status stopped, a last.pt to resume from), not go on training unwatched (they did)."""
+    runs = tmp_path / "runs"
+    dist = ["dist.nproc_per_node=2", "dist.backend=gloo", f"dist.start_method={method}"]
+    cmd = [sys.executable, "-m", "aline.train", *args(data, runs, "trainer.epochs=500", *dist)]
+    cmd.append("early_stop.patience=null")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: runs.exists() and any(runs.glob("*/checkpoints/last.pt")), 300, "a first epoch")
+        ranks = _ranks(proc.pid)
+        assert len(ranks) == 2
+        proc.send_signal(signal.SIGTERM)  # the launcher only
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == contract.EXIT_FAILURE and "can be continued with --resume" in err, err[-2000:]
+    assert not [r for r in ranks if Path(f"/proc/{r}").exists()], "a rank outlived its launcher"
+    run = only_run(runs)
+    status = status_of(run)
+    assert status["state"] == contract.STATE_STOPPED and "SIGTERM" in status["reason"]
+    stopped_at = status["epoch"]
+    assert stopped_at < 500
+    # The run continues from there, here in one process (the checkpoint does not depend on the rank count).
+    assert train_mod.main(["--resume", str(run), f"trainer.epochs={stopped_at + 1}"]) == 0
+    assert status_of(run)["state"] == contract.STATE_FINISHED
+
+
 def test_resume_cuts_rows_logged_after_the_checkpoint(data: Path, tmp_path: Path, one_torch_thread) -> None:
     """The fast version of the test above: rows past last.pt (a crash before the checkpoint) are dropped."""
     # A constant lr: a 1-epoch run is then the first epoch of a 2-epoch one (cosine depends on the length).

@@ -269,14 +269,26 @@ class SigtermInterrupt(KeyboardInterrupt):
     """SIGTERM turned into an interrupt, so that a killed run ends like Ctrl-C: status stopped, last.pt."""
 
 
-def install_sigterm_handler() -> None:
-    """Make SIGTERM raise :class:`SigtermInterrupt` in the main thread (no-op elsewhere)."""
+def install_sigterm_handler(*, rank: bool = False) -> None:
+    """Make SIGTERM raise :class:`SigtermInterrupt` in the main thread (no-op elsewhere), once: a second
+    SIGTERM is ignored, so that it cannot cut short the writing of status.json and last.pt.
+
+    ``rank=True`` (a process started by the launcher) treats SIGINT the same way: a Ctrl-C reaches every
+    process of the terminal's group, and the launcher then passes SIGTERM on to the ranks as well (a
+    scheduler may signal the launcher alone); whichever comes first stops the rank, the other is ignored.
+    """
+    signals = (signal.SIGTERM, signal.SIGINT) if rank else (signal.SIGTERM,)
 
     def _raise(signum: int, frame: object) -> None:
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SigtermInterrupt("stopped by SIGTERM")
 
     with contextlib.suppress(ValueError):  # not the main thread: signals cannot be set there
-        signal.signal(signal.SIGTERM, _raise)
+        for s in signals:
+            signal.signal(s, _raise)
 
 
 class DivergenceGuard:
