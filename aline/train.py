@@ -608,16 +608,16 @@ def run_ranks(launch: Launch, fn: Callable[..., None], *args: Any) -> None:
             stack.callback(gc.unfreeze)
         with idist.Parallel(backend=launch.backend, nproc_per_node=launch.nproc, **extra) as parallel:
             try:
-                parallel.run(_in_rank, launch.threads, launch.nproc is not None, fn, *args)
+                parallel.run(_in_rank, launch, fn, *args)
             except KeyboardInterrupt:
                 if launch.nproc:
                     _stop_ranks()
                 raise
 
 
-def _in_rank(local_rank: int, threads: int, started: bool, fn: Callable[..., None], *args: Any) -> None:
-    torch.set_num_threads(threads)  # a forked rank inherits the launcher's one thread (Launch)
-    if started:  # a spawned rank would die at SIGTERM without a status or last.pt
+def _in_rank(local_rank: int, launch: Launch, fn: Callable[..., None], *args: Any) -> None:
+    torch.set_num_threads(launch.threads)  # a forked rank inherits the launcher's one thread (Launch)
+    if launch.nproc:  # a started rank; a spawned one would die at SIGTERM without a status or last.pt
         install_sigterm_handler(rank=True)
     fn(local_rank, *args)
 

@@ -176,9 +176,8 @@ def worker_train(data_dir: str, nproc: int, steps: int, warmup: int, start_metho
         out["parent"] = None
         return out
     # As aline.train hands the data over: forked ranks read these arrays in place; spawned ones map one
-    # shared copy, and this process keeps none.
+    # shared copy, and rank_data empties ``splits`` so that this process keeps none.
     with tempfile.TemporaryDirectory() as tmp, launch.no_thread_pool(), rank_data(launch, splits) as handed:
-        del splits
         run_ranks(launch, _rank, cfg, handed, steps, warmup, tmp)
         out["ranks"] = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(nproc)]
     out["parent"] = {"peak_rss_mb": peak_rss_mb(), "mem": out["ranks"][0].pop("parent_mem")}
