@@ -160,6 +160,12 @@ class ModelConfig(_Section):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if self.encoder == "gru" and self.d_model % 2:
             raise ValueError(f"d_model ({self.d_model}) must be even: each GRU direction gets half")
+        if self.encoder == "gru" and self.dropout > 0 and self.layers < 2:
+            # torch's GRU applies dropout only between its layers: with one it would silently do nothing.
+            raise ValueError(
+                f"dropout ({self.dropout}) acts between GRU layers and does nothing with layers=1: "
+                "set layers >= 2 or dropout=0"
+            )
         return self
 
 

@@ -85,6 +85,9 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_cross_field_checks() -> None:
     assert "divisible" in _problems(["model.encoder=transformer", "model.d_model=30", "model.heads=4"])
     assert "must be even" in _problems(["model.d_model=31"])
+    # torch's GRU drops out only between layers: one layer would ignore the setting, so say so.
+    assert "does nothing with layers=1" in _problems(["model.dropout=0.1"])
+    assert load_config(None, ["model.dropout=0.1", "model.layers=2"]).model.dropout == 0.1
     assert load_config(None, ["model.d_model=30", "model.heads=4"]).model.d_model == 30  # gru: no heads
     assert "unknown metric 'acc'" in _problems(["checkpoint.metric=acc"])
     assert "samples >= 2" in _problems(["policy.samples=1"])
