@@ -39,7 +39,7 @@ from aline.data.shared import SharedSplit, open_splits, read_only_splits, shared
 from aline.model.asking import pool_mask
 from aline.model.network import build_model, unwrap
 from aline.scoring import binary_scores
-from aline.training.engine import make_loader, setup_evaluator, setup_trainer
+from aline.training.engine import make_loader, setup_averaging, setup_evaluator, setup_trainer
 from aline.training.handlers import CheckpointError, RunHandlers, install_sigterm_handler
 from aline.training.loop import resolve_info_gain, resolve_reward
 from aline.training.losses import resolve_mean_target, resolve_posterior
@@ -389,7 +389,8 @@ def setup_run(
     optimizer = idist.auto_optim(build_optimizer(cfg, unwrap(model)))
 
     trainer = setup_trainer(cfg, model, optimizer, device)
-    evaluator = setup_evaluator(cfg, model, device)
+    scored = setup_averaging(cfg, trainer, unwrap(model))  # the weights validated and checkpointed
+    evaluator = setup_evaluator(cfg, scored, device)
     metrics.attach_training_metrics(trainer)
     metrics.attach_validation_metrics(evaluator, cfg.policy.k)
 
@@ -410,6 +411,7 @@ def setup_run(
         evaluator=evaluator,
         val_loader=val_loader,
         model=unwrap(model),
+        scored_model=scored,
         optimizer=optimizer,
         oracle=oracle_references(cfg, splits["val"]),
         resume=resume,

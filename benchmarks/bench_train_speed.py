@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Events
 from sklearn.metrics import roc_auc_score
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from aline.config import load_config
 from aline.data import load_splits
@@ -34,8 +35,9 @@ from aline.training.loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_f
 
 def bare_loop(cfg, splits, epochs: int) -> float:
     """Seconds for ``epochs`` epochs of a plain loop doing the trainer's work: step = the closed loop's
-    loss (both passes), backward, clip, AdamW; validation = the loop's loss (the default checkpoint
-    metric) with its first pass reused for the forecast and the loop's columns, AUC."""
+    loss (both passes), backward, clip, AdamW, the moving average of the weights (``optim.ema_momentum``);
+    validation of the averaged weights = the loop's loss (the default checkpoint metric) with its first
+    pass reused for the forecast and the loop's columns, AUC."""
     torch.manual_seed(cfg.seed)
     norm = Normalizer.fit(splits["train"])
     spec = LoopSpec.from_config(cfg)
@@ -46,6 +48,10 @@ def bare_loop(cfg, splits, epochs: int) -> float:
     model = build_model(cfg, len(norm.feature_names))
     model.init_prediction_bias(float(splits["train"].y.mean()))
     optimizer = build_optimizer(cfg, model)
+    scored = model
+    if cfg.optim.ema_momentum is not None:
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - cfg.optim.ema_momentum))
+        scored = averaged.module
     start = time.perf_counter()
     for epoch in range(epochs):
         train_loader.sampler.set_epoch(epoch)
@@ -56,13 +62,15 @@ def bare_loop(cfg, splits, epochs: int) -> float:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
-        model.eval()
+            if scored is not model:
+                averaged.update_parameters(model)
+        scored.eval()
         ps, ys = [], []
         with torch.no_grad():
             for batch in val_loader:
-                _, out = loop_loss_with_first(model, batch, cfg, spec)  # val loss: checkpoint selection
+                _, out = loop_loss_with_first(scored, batch, cfg, spec)  # val loss: checkpoint selection
                 ps.append(out.p_next)
-                loop_eval(model, batch, cfg, spec, out0=out)
+                loop_eval(scored, batch, cfg, spec, out0=out)
                 ys.append(batch["y"])
         roc_auc_score(torch.cat(ys).numpy(), torch.cat(ps).numpy())
     return time.perf_counter() - start

@@ -67,6 +67,8 @@ def test_unknown_section_suggests_the_close_one() -> None:
         ("trainer.epochs=many", "trainer.epochs"),
         ("policy.reward=entropy", "policy.reward"),
         ("model.dropout=1.5", "model.dropout"),
+        ("optim.ema_momentum=1", "optim.ema_momentum"),
+        ("optim.ema_momentum=0", "optim.ema_momentum"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:
@@ -92,6 +94,7 @@ def test_cross_field_checks() -> None:
     assert "unknown metric 'acc'" in _problems(["checkpoint.metric=acc"])
     assert "samples >= 2" in _problems(["policy.samples=1"])
     assert load_config(None, ["policy.samples=1", "policy.baseline=batch_mean"]).policy.samples == 1
+    assert load_config(None, ["optim.ema_momentum=null"]).optim.ema_momentum is None
 
 
 def test_malformed_override_and_file_problems(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The ignite engines: a trainer whose step is the composite ALINE loss, and an evaluator.
 
 Factories in the style of the ignite code-generator templates: ``setup_trainer`` and ``setup_evaluator``
-each wrap one small closure. What the two steps return is the contract that ``aline.training.metrics`` and
-``aline.training.handlers`` read (see the module docstring of ``aline.training.metrics``).
+each wrap one small closure; ``setup_averaging`` gives the weights the evaluator scores. What the two
+steps return is the contract that ``aline.training.metrics`` and ``aline.training.handlers`` read (see
+the module docstring of ``aline.training.metrics``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -79,6 +81,29 @@ def setup_trainer(
         torch.manual_seed(cfg.seed * 100_003 + engine.state.epoch * 1_009 + idist.get_rank())
 
     return trainer
+
+
+def setup_averaging(cfg: Config, trainer: Engine, model: torch.nn.Module) -> torch.nn.Module:
+    """The weights that validation scores and the checkpoints keep as ``model``: an exponential moving
+    average of ``model``'s, updated after every step (ignite's ``EMAHandler``), or with
+    ``optim.ema_momentum`` null the model itself.
+
+    Every process keeps its own average of the weights DDP keeps identical, so the averages agree too.
+    """
+    momentum = cfg.optim.ema_momentum
+    if momentum is None:
+        return model
+    ema = EMAHandler(model, momentum=momentum)
+
+    # Until 1 / momentum steps have passed the average is the plain mean of every step's weights so far:
+    # from the initial weights it would lag a short run by that many steps. A function of the iteration
+    # (which a resumed trainer restores), so a resumed run averages as an uninterrupted one does.
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _momentum(engine: Engine) -> None:
+        engine.state.ema_momentum = max(momentum, 1.0 / engine.state.iteration)
+
+    ema.attach(trainer, name="ema_momentum", warn_if_exists=False)  # after: it reads the momentum set above
+    return ema.ema_model
 
 
 def setup_evaluator(cfg: Config, model: torch.nn.Module, device: torch.device) -> Engine:

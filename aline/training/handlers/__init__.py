@@ -106,6 +106,7 @@ def attach_all(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     epoch_length: int,
+    scored_model: torch.nn.Module | None = None,
     oracle: Mapping[str, Any] | None = None,
     resume: bool = False,
     plateau_metric: str = "loss",
@@ -113,10 +114,14 @@ def attach_all(
     """Attach validation and every handler of this module in the order they need; resume when asked.
 
     Call on every rank, after the trainer's and the evaluator's metrics are attached and before
-    ``trainer.run``. With ``resume``, ``run_dir/checkpoints/last.pt`` is loaded into the model, optimiser,
-    trainer and handlers (``early_stopping`` may be absent from it: then it starts afresh).
+    ``trainer.run``. ``scored_model``: the weights the evaluator scores when they are not ``model``'s own
+    (their moving average); checkpoints keep them as ``model``, the weights a prediction loads, and
+    ``last.pt`` keeps ``model``'s beside them as ``online_model``. With ``resume``,
+    ``run_dir/checkpoints/last.pt`` is loaded into the model, optimiser, trainer and handlers
+    (``early_stopping`` may be absent from it: then it starts afresh).
     """
     run_dir = Path(run_dir)
+    scored = model if scored_model is None else scored_model
     logger = setup_logging(run_dir)
     status = RunStatus(run_dir / STATUS_FILE, oracle)
     metrics_csv = MetricsCSV(run_dir / METRICS_FILE)
@@ -141,17 +146,19 @@ def attach_all(
     )
     early = attach_early_stopping(trainer, evaluator, cfg.early_stop)
     best = attach_best_checkpoint(
-        trainer, evaluator, run_dir, model, cfg.checkpoint.metric, cfg.checkpoint.n_saved, status
+        trainer, evaluator, run_dir, scored, cfg.checkpoint.metric, cfg.checkpoint.n_saved, status
     )
     attach_epoch_summary(trainer, evaluator, logger)
     to_save: dict[str, Any] = {
-        "model": model,
+        "model": scored,
         "optimizer": optimizer,
         "lr_scheduler": schedule,
         "trainer": trainer,
         "best_checkpoint": best,
         "rng": RNGState(),
     }
+    if scored is not model:
+        to_save["online_model"] = model  # the weights training continues from
     if early is not None:
         to_save["early_stopping"] = early
     to_save["logs"] = CSVLengths([metrics_csv, calibration_csv, topk_csv])
@@ -179,7 +186,20 @@ def attach_all(
             if key in to_load and key not in checkpoint:
                 logger.warning("%s has no %s state: %s", resumed_from, key, consequence)
                 del to_load[key]
+        if "online_model" in checkpoint and "online_model" not in to_load:
+            # Averaging switched off: training goes on from the weights it had, not from their average.
+            checkpoint["model"] = checkpoint["online_model"]
+        unaveraged = "online_model" in to_load and "online_model" not in checkpoint
+        if unaveraged:
+            logger.warning(
+                "%s holds no averaged weights (written with optim.ema_momentum null or by an older trainer): "
+                "the average starts from its model weights",
+                resumed_from,
+            )
+            del to_load["online_model"]
         resume_from(resumed_from, to_load, checkpoint)
+        if unaveraged:
+            model.load_state_dict(scored.state_dict())
         logger.info(
             "resumed %s at epoch %d, iteration %d", run_dir, trainer.state.epoch, trainer.state.iteration
         )
