@@ -182,8 +182,8 @@ class OptimConfig(_Section):
     head_lr_mult: float = Field(20.0, gt=0.0)
     # Validation, checkpoints and predictions use an exponential moving average of the weights: at a high
     # lr the raw weights' forecast wanders from step to step (val AUC 0.981-0.984x Bayes at epochs 4-5 at
-    # lr 5e-3, then 0.991x once the lr had decayed); the average met every quality target at epochs 3-5
-    # (README "Time to quality"). None: the raw weights.
+    # lr 5e-3, then 0.991x once the lr had decayed); the average at lr 6e-3 met every quality target at
+    # epochs 5, 4, 5 instead of 6, 6, 6 (README "Time to quality"). None: the raw weights.
     ema_momentum: float | None = Field(0.02, gt=0.0, lt=1.0)
 
     @field_validator("betas")
