@@ -186,20 +186,17 @@ def attach_all(
             if key in to_load and key not in checkpoint:
                 logger.warning("%s has no %s state: %s", resumed_from, key, consequence)
                 del to_load[key]
-        if "online_model" in checkpoint and "online_model" not in to_load:
-            # Averaging switched off: training goes on from the weights it had, not from their average.
-            checkpoint["model"] = checkpoint["online_model"]
-        unaveraged = "online_model" in to_load and "online_model" not in checkpoint
-        if unaveraged:
+        if "online_model" in to_load and "online_model" not in checkpoint:
             logger.warning(
                 "%s holds no averaged weights (written with optim.ema_momentum null or by an older trainer): "
                 "the average starts from its model weights",
                 resumed_from,
             )
-            del to_load["online_model"]
+            checkpoint["online_model"] = checkpoint.get("model")
+        elif "online_model" in checkpoint and "online_model" not in to_load:
+            # Averaging switched off: training goes on from the weights it had, not from their average.
+            checkpoint["model"] = checkpoint["online_model"]
         resume_from(resumed_from, to_load, checkpoint)
-        if unaveraged:
-            model.load_state_dict(scored.state_dict())
         logger.info(
             "resumed %s at epoch %d, iteration %d", run_dir, trainer.state.epoch, trainer.state.iteration
         )
