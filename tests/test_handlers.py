@@ -946,16 +946,23 @@ def _flat(module: torch.nn.Module) -> np.ndarray:
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).numpy().copy()
 
 
+def _average(start: np.ndarray, raw: list[np.ndarray], momentum: float, first_step: int) -> np.ndarray:
+    """NumPy reference: the moving average over the weights of steps ``first_step``, ``first_step + 1``,
+    ..., with momentum max(momentum, 1 / step), starting from ``start``."""
+    average = start
+    for step, weights in enumerate(raw, start=first_step):
+        m = max(momentum, 1.0 / step)
+        average = (1.0 - m) * average + m * weights
+    return average
+
+
 def test_checkpoints_keep_the_moving_average_and_resume_continues_it(tmp_path):
     momentum = 0.25  # the plain mean for the first 4 steps, then the moving average: 9 steps see both
     raw: list[np.ndarray] = []
     torch.manual_seed(0)
     start = _flat(torch.nn.Linear(2, 1))  # _all_run's model, seeded alike
     attached, model = _all_run(tmp_path / "full", epochs=3, ema=momentum, raw_weights=raw)
-    average = start.copy()
-    for step, weights in enumerate(raw, start=1):
-        m = max(momentum, 1.0 / step)
-        average = (1.0 - m) * average + m * weights
+    average = _average(start, raw, momentum, first_step=1)
     scored = attached.to_save["model"]
     assert scored is not model and len(raw) == 9
     np.testing.assert_allclose(_flat(scored), average, rtol=1e-6, atol=1e-7)
@@ -984,10 +991,7 @@ def test_resume_without_an_average_starts_it_from_the_weights(tmp_path):
     resumed, _ = _all_run(tmp_path, epochs=2, resume=True, ema=0.5, raw_weights=raw)
     assert "holds no averaged weights" in (tmp_path / "train.log").read_text()
     # The average began at the resumed weights and went on from iteration 4 (3 steps an epoch).
-    average = trained
-    for step, weights in enumerate(raw, start=4):
-        m = max(0.5, 1.0 / step)
-        average = (1.0 - m) * average + m * weights
+    average = _average(trained, raw, 0.5, first_step=4)
     np.testing.assert_allclose(_flat(resumed.to_save["model"]), average, rtol=1e-6, atol=1e-7)
 
 
