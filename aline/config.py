@@ -148,8 +148,8 @@ class ModelConfig(_Section):
     measurements: list[str] = Field(default_factory=lambda: list(DEFAULT_MEASUREMENTS))
     d_model: int = Field(128, ge=4, le=4096)
     heads: int = Field(4, ge=1, le=64)
-    # One GRU layer, with optim.lr=5e-3: 9-13 s epochs against 16-20 s for two, the same forecast, and
-    # every quality target met in 0.64x the time over 3 seeds (README "Time to quality").
+    # One GRU layer (measured at optim.lr=5e-3): 9-13 s epochs against 16-20 s for two, the same forecast,
+    # and every quality target met in 0.64x the time over 3 seeds (README "Time to quality").
     layers: int = Field(1, ge=1, le=48)
     ff_dim: int = Field(256, ge=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

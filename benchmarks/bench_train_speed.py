@@ -48,10 +48,11 @@ def bare_loop(cfg, splits, epochs: int) -> float:
     model = build_model(cfg, len(norm.feature_names))
     model.init_prediction_bias(float(splits["train"].y.mean()))
     optimizer = build_optimizer(cfg, model)
-    scored = model
-    if cfg.optim.ema_momentum is not None:
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - cfg.optim.ema_momentum))
-        scored = averaged.module
+    momentum = cfg.optim.ema_momentum
+    averaged = (
+        None if momentum is None else AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1 - momentum))
+    )
+    scored = model if averaged is None else averaged.module
     start = time.perf_counter()
     for epoch in range(epochs):
         train_loader.sampler.set_epoch(epoch)
@@ -62,7 +63,7 @@ def bare_loop(cfg, splits, epochs: int) -> float:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
-            if scored is not model:
+            if averaged is not None:
                 averaged.update_parameters(model)
         scored.eval()
         ps, ys = [], []
