@@ -155,7 +155,7 @@ def _rank(local_rank: int, cfg, handles, steps: int, warmup: int, out_dir: str) 
 def worker_train(data_dir: str, nproc: int, steps: int, warmup: int, start_method: str) -> dict[str, Any]:
     from aline.config import load_config
     from aline.data import load_splits
-    from aline.train import Launch, rank_data, run_ranks
+    from aline.training.launch import Launch, rank_data, run_ranks
 
     dist = [f"dist.nproc_per_node={nproc}", "dist.backend=gloo", f"dist.start_method={start_method}"]
     cfg = load_config(None, [f"data.dir={data_dir}", *dist])

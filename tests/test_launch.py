@@ -1,4 +1,4 @@
-"""aline.train.Launch: how a multi-process run starts its ranks, and the one-thread guard that makes forking
+"""aline.training.launch.Launch: how a multi-process run starts its ranks, and the one-thread guard that makes forking
 them safe."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aline.config import load_config
-from aline.train import Launch
+from aline.training.launch import Launch
 
 
 def plan(*overrides: str, may_fork: bool = False) -> Launch:
@@ -73,7 +73,7 @@ def test_a_child_forked_after_guarded_torch_work_runs_its_own_parallel_ops() -> 
         """
         import os, torch
         from aline.config import load_config
-        from aline.train import Launch
+        from aline.training.launch import Launch
         launch = Launch.plan(load_config(None, ["dist.nproc_per_node=2", "dist.backend=gloo",
                                                 "dist.start_method=fork"]))
         with launch.no_thread_pool():
