@@ -1,5 +1,5 @@
-"""aline.training.launch.Launch: how a multi-process run starts its ranks, and the one-thread guard that makes forking
-them safe."""
+"""aline.training.launch.Launch: how a multi-process run starts its ranks, and the one-thread guard that
+makes forking them safe."""
 
 from __future__ import annotations
 

@@ -188,6 +188,7 @@ def test_a_file_read_in_many_batches_loads_the_same_and_counts_rows_from_the_top
     path = write_parquet(df, tmp_path / "a.parquet", row_group_size=70)
     whole = read_split(path, COLS)
     monkeypatch.setattr("aline.data.parquet_input.BATCH_ROWS", 50)
+    monkeypatch.setattr("aline.data.parquet_input.STREAM_ROWS", 50)
     batched = read_split(path, COLS)
     for key in ("window_id", "subject_id", "features", "z", "sigma", "post_mean", "y"):
         np.testing.assert_array_equal(getattr(batched, key), getattr(whole, key), err_msg=key)

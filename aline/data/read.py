@@ -13,7 +13,7 @@ import pyarrow as pa
 from aline.config import ColumnsConfig
 from aline.contract import HOURS
 from aline.data.columns import ReadPlan, plan_columns, read_header
-from aline.data.csv_input import parse_csv
+from aline.data.csv_input import CsvPieces, parse_csv, split_csv
 from aline.data.errors import DataError, bad_rows_error, fmt_value, is_parquet
 from aline.data.layout import HourlyGroup, Irregular, fill_groups
 from aline.data.parquet_input import iter_batches, read_parquet
@@ -90,6 +90,38 @@ def _drain(columns: dict[str, pa.ChunkedArray]) -> Iterator[pa.RecordBatch]:
         pa.default_memory_pool().release_unused()
 
 
+def _hourly_batches(
+    pieces: CsvPieces, hourly: list[str], others: list[str], kept: list[pa.Table]
+) -> Iterator[pa.RecordBatch]:
+    """The hourly columns of each parsed piece, as record batches; the ``others`` are appended to ``kept``."""
+    for table in pieces.tables():
+        kept.append(table.select(others))
+        batches = table.select(hourly).to_batches()
+        del table
+        yield from batches
+        del batches
+        pa.default_memory_pool().release_unused()  # the piece just laid out (see _read)
+
+
+class _OnDemand(dict):
+    """Columns of a Parquet file read one at a time, when first looked up, for the fast path's columns
+    other than ids, hours and the hourly ones: each sits in memory only while it is checked and laid out."""
+
+    def __init__(self, path: Path, plan: ReadPlan, names: list[str]) -> None:
+        super().__init__()
+        self.path, self.plan, self.names = path, plan, frozenset(names)
+
+    def __missing__(self, name: str) -> pa.ChunkedArray:
+        if name not in self.names:
+            raise KeyError(name)
+        self[name] = column = read_parquet(self.path, self.plan, [name]).column(0)
+        return column
+
+    def pop(self, name: str) -> pa.ChunkedArray:  # type: ignore[override]
+        self[name]  # read it first if it was never looked up
+        return super().pop(name)
+
+
 def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig, *, fast: bool) -> RawSplit:
     groups = _groups(plan)
     spec = {g.names: g for g in groups}
@@ -97,8 +129,26 @@ def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig,
     hourly_set = set(hourly_names)
     # The fast path streams a Parquet file's hourly columns later, straight into the arrays.
     stream = fast and is_parquet(path)
+    pieces = split_csv(path, header, plan) if fast and not is_parquet(path) else None
+    filled: list[np.ndarray] | None = None  # [rows, k] per group, in file order (a CSV read in pieces)
+    present: set[str] | None = None  # the hourly columns with a value in them (fast path)
     if stream:
-        table = read_parquet(path, plan, [c for c in plan.columns() if c not in hourly_set])
+        # Only what orders the rows comes first. The hourly columns stream into the arrays, and every other
+        # column is read alone when first used (_OnDemand): at 10x data, reading them together beside the
+        # arrays raised the load's peak by 100 MB.
+        order_by = [plan.window_id, plan.hour]
+        on_demand = [c for c in plan.columns() if c not in hourly_set and c not in order_by]
+        table = read_parquet(path, plan, order_by)
+    elif pieces is not None:
+        # A CSV's hourly columns go into the arrays piece by piece as it is parsed, in file order (put in
+        # window order below if need be); the other columns are kept as parsed.
+        kept: list[pa.Table] = []
+        others = [c for c in plan.columns() if c not in hourly_set]
+        filled, present = fill_groups(
+            _hourly_batches(pieces, hourly_names, others, kept), groups, pieces.rows
+        )
+        table = pa.concat_tables(kept)
+        del kept
     else:
         table = read_parquet(path, plan) if is_parquet(path) else parse_csv(path, header, plan)
     # Arrow's allocator keeps freed blocks (parse buffers, Parquet's float64 batches, each column once it
@@ -112,7 +162,8 @@ def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig,
 
     # Each column is let go once it is in the arrays: the parsed table and the arrays never both sit in
     # memory whole (peak memory at 10x data, benchmarks/bench_scale.py).
-    parsed = {name: table.column(name) for name in table.column_names}
+    parsed = _OnDemand(path, plan, on_demand) if stream else {}
+    parsed.update((name, table.column(name)) for name in table.column_names)
     del table
 
     def col(name: str) -> np.ndarray:
@@ -124,29 +175,34 @@ def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig,
         raise bad_rows_error(path, plan.window_id, "missing window id", rows)
     # Any text is an id; windows are ordered by id (numerically when all ids are whole numbers).
     wid, id_names = id_codes(id_col)  # [rows] int64, [N] object (str)
+    del id_col
     hour = col(plan.hour)  # [rows]
     check_values(path, plan.hour, hour, allow_missing=False, lo=0, hi=HOURS - 1)
     whole = hour == np.round(hour)
     if not whole.all():
         rows = np.flatnonzero(~whole)
         raise bad_rows_error(
-            path, plan.hour, "hours must be whole numbers", rows, lambda r: fmt_value(hour[r])
+            path, plan.hour, "hours must be whole numbers", rows, lambda r, h=hour: fmt_value(h[r])
         )
 
     order, blocks, n = window_order(path, plan, wid, hour, lambda c: repr(id_names[c]))
 
     def arrange(v: np.ndarray) -> np.ndarray:
-        """[rows] in file order → [N, 24] sorted by window, then hour."""
+        """[rows, ...] in file order → [N, 24, ...] sorted by window, then hour."""
         if blocks is not None:
-            return v.reshape(n, HOURS)[blocks]
-        return (v if order is None else v[order]).reshape(n, HOURS)
+            return v.reshape(n, HOURS, *v.shape[1:])[blocks]
+        return (v if order is None else v[order]).reshape(n, HOURS, *v.shape[1:])
 
     wid_sorted = id_names[arrange(wid)[:, 0]]  # [N] ids as written
+    del wid, hour, whole  # [rows] each: not needed beside the arrays
 
     # [N, 24, k] arrays already laid out by the fast path, by group; the columns with a value in them.
     laid_out: dict[tuple[str, ...], np.ndarray] = {}
-    present: set[str] | None = None
-    if fast and order is None:
+    if filled is not None:
+        # A view when the file is in window order; otherwise one group at a time is copied into order.
+        for group in groups:
+            laid_out[group.names] = arrange(filled.pop(0))
+    elif fast and order is None:
         batches = (
             iter_batches(path, hourly_names) if stream else _drain({c: parsed.pop(c) for c in hourly_names})
         )
