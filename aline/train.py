@@ -414,6 +414,10 @@ def train(
         else:
             run_dir = Path(cfg.run.dir) / "(named by rank 0)"
         try:
+            if launch.forks:
+                announce(
+                    f"training in {launch.nproc} processes: this one (rank 0) and {launch.nproc - 1} forked"
+                )
             return _train_in(cfg, run_dir, resume is not None, splits, init, launch)
         except CheckpointError as err:
             if leader:

@@ -92,3 +92,73 @@ def test_a_child_forked_after_guarded_torch_work_runs_its_own_parallel_ops() -> 
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["child", "1.0", "exit", "0"]
+
+
+def _run_script(body: str) -> subprocess.CompletedProcess:
+    """``body`` in a fresh interpreter (forking from this test process, which has run OpenMP threads, could
+    hang), with run_ranks and a fork launch of two gloo ranks at hand."""
+    head = """
+        import os, signal, sys
+        import ignite.distributed as idist
+        from aline.training.launch import Launch, RankFailed, run_ranks
+        TWO = Launch(backend="gloo", nproc=2, method="fork", threads=1)
+        """
+    script = textwrap.dedent(head) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forked ranks: Linux only (Launch.plan)")
+def test_a_fork_launch_runs_rank_0_in_the_launcher_and_forks_the_others() -> None:
+    proc = _run_script(
+        """
+        launcher = os.getpid()
+        def report(local_rank):
+            where = "launcher" if os.getpid() == launcher else "child"
+            seen = idist.all_gather(idist.get_rank())  # a collective across both processes
+            print(f"rank {idist.get_rank()} of {idist.get_world_size()} in {where}; saw {sorted(seen)}",
+                  flush=True)
+        run_ranks(TWO, report)
+        print("after:", os.environ.get("RANK"), os.environ.get("WORLD_SIZE"))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert sorted(lines[:2]) == ["rank 0 of 2 in launcher; saw [0, 1]", "rank 1 of 2 in child; saw [0, 1]"]
+    assert lines[2] == "after: None None"  # the launcher's environment is as it was
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forked ranks: Linux only (Launch.plan)")
+def test_a_forked_rank_that_fails_alone_is_reported_by_the_launcher() -> None:
+    """Rank 1 raises while rank 0 waits for it in a collective: rank 0 must not hang, and what the launcher
+    reports is rank 1's error, not only that its peer went away."""
+    proc = _run_script(
+        """
+        def fn(local_rank):
+            if idist.get_rank() == 1:
+                raise ValueError("rank one broke")
+            idist.barrier()
+        try:
+            run_ranks(TWO, fn)
+        except RankFailed as err:
+            print("RankFailed:", err)
+        """
+    )
+    assert "RankFailed: rank 1: ValueError: rank one broke" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forked ranks: Linux only (Launch.plan)")
+def test_a_forked_rank_killed_outright_is_named_by_the_launcher() -> None:
+    """No Python error to send (the kernel's OOM killer, a kill -9): the launcher says which rank and how."""
+    proc = _run_script(
+        """
+        def fn(local_rank):
+            if idist.get_rank() == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            idist.barrier()
+        try:
+            run_ranks(TWO, fn)
+        except RankFailed as err:
+            print("RankFailed:", err)
+        """
+    )
+    assert "RankFailed: rank 1 was killed by SIGKILL" in proc.stdout, proc.stderr[-3000:]

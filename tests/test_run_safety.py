@@ -211,7 +211,7 @@ def test_sigterm_to_the_launcher_alone_stops_every_rank_resumably(
     try:
         wait_for(lambda: runs.exists() and any(runs.glob("*/checkpoints/last.pt")), 300, "a first epoch")
         ranks = _ranks(proc.pid)
-        assert len(ranks) == 2
+        assert len(ranks) == (1 if method == "fork" else 2)  # a fork launch is rank 0 itself
         proc.send_signal(signal.SIGTERM)  # the launcher only
         out, err = proc.communicate(timeout=180)
     finally:

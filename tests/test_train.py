@@ -275,7 +275,7 @@ def test_the_command_line_forks_its_ranks_and_they_train_as_spawned_ones_do(
     cmd += extra
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "start_method: fork" in proc.stderr  # ignite's launcher lists how it started the ranks
+    assert "training in 2 processes: this one (rank 0) and 1 forked" in proc.stdout
     (forked,) = runs.iterdir()
     assert json.loads((forked / contract.STATUS_FILE).read_text())["state"] == "finished"
     (a,), (b,) = val_rows(spawned.run_dir), val_rows(forked)

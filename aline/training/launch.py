@@ -1,4 +1,5 @@
-"""How a run's processes start: one process, or N ranks forked or spawned from the launcher.
+"""How a run's processes start: one process; or N ranks, rank 0 in the launcher and the others forked from it;
+or N ranks spawned by ignite.
 
 :class:`Launch` plans it from the config (backend, start method, threads per rank); :func:`rank_data` hands
 the loaded splits to the ranks with one copy between all processes; :func:`run_ranks` runs a function in
@@ -27,13 +28,14 @@ from aline.data import RawSplit
 from aline.data.shared import SharedSplit, read_only_splits, shared_splits
 from aline.training.handlers import install_sigterm_handler
 
-__all__ = ["Launch", "rank_data", "run_ranks"]
+__all__ = ["Launch", "RankFailed", "rank_data", "run_ranks"]
 
 
 @dataclass(frozen=True)
 class Launch:
-    """How the run's processes start: the process group's backend, how many ranks this process starts
-    (None: it trains itself) and by which start method, and the torch threads each rank trains with.
+    """How the run's processes start: the process group's backend, how many ranks the run has (None: this
+    process trains alone) and how they start (``fork``: rank 0 here, the others forked; ``spawn``: all N
+    spawned by ignite), and the torch threads each rank trains with.
 
     A forked rank shares the launcher's pages (the interpreter, torch, ignite: about 210 MB that a spawned
     rank holds privately). GNU OpenMP, torch's CPU thread pool, is not fork-safe: a child forked after its
@@ -116,6 +118,9 @@ def rank_data(launch: Launch, splits: dict[str, RawSplit]) -> Iterator[dict[str,
 
 def run_ranks(launch: Launch, fn: Callable[..., None], *args: Any) -> None:
     """``fn(local_rank, *args)`` in every rank ``launch`` starts, or in this process when it starts none."""
+    if launch.forks:
+        _run_forked(launch, fn, *args)
+        return
     extra: dict[str, Any] = {}
     if launch.nproc:
         extra["start_method"] = launch.method
@@ -123,20 +128,131 @@ def run_ranks(launch: Launch, fn: Callable[..., None], *args: Any) -> None:
         # collide: a started group takes a free port unless the user named one.
         if "MASTER_PORT" not in os.environ:
             extra["master_port"] = _free_port()
-    with contextlib.ExitStack() as stack:
-        if launch.forks:
-            # What this process holds stays out of the ranks' garbage collections, whose bookkeeping writes
-            # would otherwise copy the shared pages into each rank.
-            gc.collect()
-            gc.freeze()
-            stack.callback(gc.unfreeze)
-        with idist.Parallel(backend=launch.backend, nproc_per_node=launch.nproc, **extra) as parallel:
-            try:
-                parallel.run(_in_rank, launch, fn, *args)
-            except KeyboardInterrupt:
-                if launch.nproc:
-                    _stop_ranks()
-                raise
+    with idist.Parallel(backend=launch.backend, nproc_per_node=launch.nproc, **extra) as parallel:
+        try:
+            parallel.run(_in_rank, launch, fn, *args)
+        except KeyboardInterrupt:
+            if launch.nproc:
+                _stop_ranks(multiprocessing.active_children())
+            raise
+
+
+class RankFailed(RuntimeError):
+    """A forked rank ended with an error (its message) or was killed."""
+
+
+def _run_forked(launch: Launch, fn: Callable[..., None], *args: Any) -> None:
+    """This process is rank 0; ranks 1..N-1 are forked from it, and each joins the process group as a
+    torchrun-started one does (``ignite.distributed.Parallel`` from the environment).
+
+    Why not let ignite fork all N: the launcher then only waits, yet holds its own memory (the loaded data's
+    bookkeeping, the Python heap it imported), and every rank copies the pages of that heap it writes to.
+    With rank 0 here, a 2-process run holds one copy less (benchmarks/bench_scale.py, README "Data at
+    scale"). Only rank 0 writes files, so a rank that must be stopped loses nothing."""
+    group = {
+        "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        # A fixed port would make two runs on one machine collide: a free one unless the user named one.
+        "MASTER_PORT": os.environ.get("MASTER_PORT") or str(_free_port()),
+        "WORLD_SIZE": str(launch.nproc),
+        "LOCAL_WORLD_SIZE": str(launch.nproc),
+    }
+    context = multiprocessing.get_context("fork")
+    errors = context.SimpleQueue()  # "rank r: error" of a rank whose fn raised
+    ranks = []
+    # What this process holds stays out of the ranks' garbage collections, whose bookkeeping writes would
+    # otherwise copy the shared pages into each rank.
+    gc.collect()
+    gc.freeze()
+    try:
+        for rank in range(1, launch.nproc):
+            proc = context.Process(
+                target=_forked_rank, args=(rank, group, errors, launch, fn, *args), name=f"aline-rank-{rank}"
+            )
+            proc.start()
+            ranks.append(proc)
+        rank0 = {**group, "RANK": "0", "LOCAL_RANK": "0"}
+        with _environ(rank0), idist.Parallel(backend=launch.backend) as parallel:
+            parallel.run(_in_rank, launch, fn, *args)
+    except BaseException as err:
+        # Stopped (Ctrl-C, SIGTERM) or failed here: the other ranks stop too. When this rank only saw its
+        # peer go away, what became of the peer (its own error, or how it ended) is the one to report.
+        if _lost_peer(err):
+            for proc in ranks:
+                proc.join(timeout=2.0)  # a peer that went away is on its way out
+        ended = _how_ranks_ended(ranks)
+        _stop_ranks(ranks, grace_s=10.0)
+        failed = _first_error(errors) or ended
+        if failed is not None and _lost_peer(err) and not _lost_peer(failed):
+            raise RankFailed(failed) from err
+        raise
+    finally:
+        gc.unfreeze()
+    for proc in ranks:
+        proc.join()
+    failed = _first_error(errors) or _how_ranks_ended(ranks)
+    if failed is not None:
+        raise RankFailed(failed)
+
+
+def _forked_rank(
+    rank: int, group: dict[str, str], errors: Any, launch: Launch, fn: Callable[..., None], *args: Any
+) -> None:
+    os.environ.update(group, RANK=str(rank), LOCAL_RANK=str(rank))
+    with idist.Parallel(backend=launch.backend) as parallel:
+        parallel.run(_reporting_rank, rank, errors, launch, fn, *args)
+
+
+def _reporting_rank(
+    local_rank: int, rank: int, errors: Any, launch: Launch, fn: Callable[..., None], *args: Any
+) -> None:
+    """:func:`_in_rank`, sending an error to the launcher before the process group closes (rank 0 then sees
+    its peer go away, and reports this instead)."""
+    try:
+        _in_rank(local_rank, launch, fn, *args)
+    except KeyboardInterrupt:
+        raise SystemExit(1) from None  # stopped with rank 0, which reports it
+    except BaseException as err:
+        errors.put(f"rank {rank}: {type(err).__name__}: {err}"[:2000])  # a pipe's worth at most
+        raise
+
+
+def _first_error(errors: Any) -> str | None:
+    return None if errors.empty() else errors.get()
+
+
+def _how_ranks_ended(ranks: list[multiprocessing.process.BaseProcess]) -> str | None:
+    """The forked ranks (1, 2, ...) that have ended other than with success, or None."""
+    words = []
+    for rank, proc in enumerate(ranks, start=1):
+        code = proc.exitcode
+        if code is not None and code < 0:
+            words.append(f"rank {rank} was killed by {signal.Signals(-code).name}")
+        elif code:
+            words.append(f"rank {rank} exited with code {code}")
+    return "; ".join(words) or None
+
+
+def _lost_peer(err: BaseException | str) -> bool:
+    """Whether an error is a collective failing because another rank went away (gloo's words for it)."""
+    text = str(err)
+    return any(
+        words in text for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    )
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` for the duration, then put back as they were."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _in_rank(local_rank: int, launch: Launch, fn: Callable[..., None], *args: Any) -> None:
@@ -146,19 +262,20 @@ def _in_rank(local_rank: int, launch: Launch, fn: Callable[..., None], *args: An
     fn(local_rank, *args)
 
 
-def _stop_ranks(grace_s: float = 120.0) -> None:
+def _stop_ranks(ranks: list[multiprocessing.process.BaseProcess], grace_s: float = 120.0) -> None:
     """Ctrl-C or SIGTERM reached the launcher: pass SIGTERM on to the ranks and wait for them to stop as a
     single process does (status stopped, a resumable last.pt). A scheduler may signal the launcher alone,
     and ranks left running would go on training with nobody waiting for them (measured: they did)."""
-    ranks = multiprocessing.active_children()
     for proc in ranks:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
+        if proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for proc in ranks:
         proc.join(max(0.0, deadline - time.monotonic()))
         if proc.is_alive():
             proc.kill()
+            proc.join()
 
 
 def _free_port() -> int:
