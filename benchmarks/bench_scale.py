@@ -8,8 +8,9 @@ For each scale (1x = 300 subjects x 60 days, 432k rows; 10x = 3,000 x 60, 4.3 M 
   against a bare pyarrow read of the same two files (``pyarrow.csv.read_csv`` / ``pyarrow.parquet
   .read_table``, all columns, default options) also in a fresh process;
 - for 1 and 2 training processes (``dist.nproc_per_node=2`` over gloo, started as ``aline.train`` starts
-  them: forked ranks read the launcher's arrays in place, spawned ones (``--start-method spawn``) map one
-  shared copy through ``aline.data.shared``): peak RSS of every process (the loading parent and each rank),
+  them: a fork launch trains rank 0 in the loading process and forks the others, which read its arrays in
+  place; spawned ranks (``--start-method spawn``) map one shared copy through ``aline.data.shared``, and
+  the loading process only waits): peak RSS of every process (the loading one and each rank),
   PSS (proportional set size: shared pages divided among the processes that map them, so PSS adds up
   across processes) after each rank has made one full pass over its shard of train and val as an epoch
   does, and training windows/s over a fixed number of optimisation steps of the default model;
@@ -94,6 +95,7 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
     import torch
     from ignite.engine import Events
 
+    from aline.data import return_freed_memory
     from aline.data.dataset import Normalizer
     from aline.model.network import build_model, unwrap
     from aline.train import build_optimizer, resolve_config, window_dataset
@@ -106,6 +108,7 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
     normalizer = Normalizer.fit(splits["train"])
     train_set = window_dataset(cfg, splits["train"], normalizer)
     val_set = window_dataset(cfg, splits["val"], normalizer)
+    return_freed_memory()  # as setup_run does
     loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     model = build_model(cfg, n_features=len(normalizer.feature_names))
     model.init_prediction_bias(float(splits["train"].y.mean()))
@@ -132,7 +135,10 @@ def _steps(cfg, splits, steps: int, warmup: int) -> dict[str, Any]:
             data.__getitems__(shard[i : i + 4096])
     idist.barrier()  # every rank has read its shard: memory is measured with all of them alive
     mem = smaps()
-    parent = smaps(os.getppid()) if world > 1 and idist.get_rank() == 0 else None
+    # The launching process, when it is not itself rank 0 (a spawn launch; a fork launch trains rank 0 in it).
+    launcher = os.environ.get("BENCH_LAUNCHER_PID")
+    separate = world > 1 and idist.get_rank() == 0 and launcher and int(launcher) != os.getpid()
+    parent = smaps(launcher) if separate else None
     idist.barrier()
     return {
         "windows_per_s": steps * cfg.trainer.batch_size * world / seconds,
@@ -160,7 +166,11 @@ def worker_train(data_dir: str, nproc: int, steps: int, warmup: int, start_metho
     dist = [f"dist.nproc_per_node={nproc}", "dist.backend=gloo", f"dist.start_method={start_method}"]
     cfg = load_config(None, [f"data.dir={data_dir}", *dist])
     launch = Launch.plan(cfg)  # the trainer's launch: fork or spawn, each rank's threads
-    base = smaps()["rss"]  # interpreter, torch, ignite, aline: before any data
+    # Every training process imports scikit-learn's metrics (validation; a fork launch before it forks):
+    # here first, so that the baseline holds every import and the 1- and 2-process runs compare alike.
+    import sklearn.metrics  # noqa: F401
+
+    base = smaps()["rss"]  # interpreter, torch, ignite, scikit-learn, aline: before any data
     t0, c0 = time.perf_counter(), time.process_time()
     with launch.no_thread_pool():
         splits = load_splits(cfg.data, splits=("train", "val"))
@@ -177,10 +187,12 @@ def worker_train(data_dir: str, nproc: int, steps: int, warmup: int, start_metho
         return out
     # As aline.train hands the data over: forked ranks read these arrays in place; spawned ones map one
     # shared copy, and rank_data empties ``splits`` so that this process keeps none.
+    os.environ["BENCH_LAUNCHER_PID"] = str(os.getpid())
     with tempfile.TemporaryDirectory() as tmp, launch.no_thread_pool(), rank_data(launch, splits) as handed:
         run_ranks(launch, _rank, cfg, handed, steps, warmup, tmp)
         out["ranks"] = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(nproc)]
-    out["parent"] = {"peak_rss_mb": peak_rss_mb(), "mem": out["ranks"][0].pop("parent_mem")}
+    parent = out["ranks"][0].pop("parent_mem")
+    out["parent"] = None if parent is None else {"peak_rss_mb": peak_rss_mb(), "mem": parent}
     return out
 
 
@@ -292,7 +304,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['windows_s']:>7.0f} {r['windows_vs_smallest']:>11.2f}"
         )
     print(
-        "base: RSS after imports, before any data. load pk: peak RSS of the loading process up to the end of "
+        "base: RSS after imports (scikit-learn's metrics included), before any data. load pk: peak RSS of "
+        "the loading process up to the end of "
         "loading. peak: highest peak RSS of any process of the run. rank priv: largest private (unshared) "
         "memory of a training process after a full pass over its shard. PSS all: proportional set size "
         "summed over every process of the run (the launching parent included). win/s: training windows/s, "

@@ -39,6 +39,31 @@ def _raw(features: np.ndarray, answers: np.ndarray | None, names=("asleep", "rat
     )
 
 
+def test_the_datasets_answers_are_the_asked_features_standardised_value(monkeypatch) -> None:
+    """Answers standardised as the feature is (missing -> 0), block by block over the windows; the reference
+    is the same formula on the whole array at once, in float64."""
+    from aline.data.dataset import Normalizer, WindowDataset
+
+    monkeypatch.setattr("aline.data.dataset._BLOCK_WINDOWS", 7)  # 30 windows: four blocks, the last short
+    rng = np.random.default_rng(4)
+    n = 30
+    feats = np.stack(
+        [rng.choice([0.0, 1.0], (n, HOURS)), rng.normal(5, 2, (n, HOURS)), rng.normal(0, 1, (n, HOURS))], -1
+    )
+    answers = np.where(rng.random((n, HOURS)) < 0.6, rng.normal(5, 2, (n, HOURS)), np.nan).astype(np.float32)
+    raw = _raw(feats, answers)
+    norm = Normalizer.fit(raw)
+    data = WindowDataset(raw, norm, pool=asking.pool_mask(raw, "rating", ["asleep"]))
+    got = data.__getitems__(list(range(n)))["answer"].numpy()  # [N, 24]
+    mean, std = (
+        float(np.mean(feats[:, :, 1], dtype=np.float64)),
+        float(np.std(feats[:, :, 1].astype(np.float32))),
+    )
+    want = np.where(np.isnan(answers), 0.0, (answers.astype(np.float64) - norm.mean[1]) / norm.std[1])
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    assert norm.mean[1] == pytest.approx(mean) and norm.std[1] == pytest.approx(std, rel=1e-5)
+
+
 def test_pool_mask_matches_the_rule_cell_by_cell():
     rng = np.random.default_rng(0)
     n = 30
