@@ -26,6 +26,7 @@ DEFAULT_FEATURES = (
     "steps",
     "menstrual_window",
     "busy",
+    "usual_caffeine_mg",
     "heart_rate",
     "hrv",
     "skin_temp",

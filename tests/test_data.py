@@ -475,3 +475,20 @@ def test_header_name_with_stray_space_is_reported_with_a_hint(tmp_path: Path) ->
     df = to_frame(make_truth(n=2)).rename(columns={"hrv": " hrv"})
     with pytest.raises(DataError, match=r"missing column\(s\) 'hrv' \(did you mean ' hrv'\?\)"):
         read_split(write(df, tmp_path / "bad.csv"), COLS)
+
+
+def test_simulator_data_without_a_newer_default_feature_says_how_to_renew_it(tmp_path: Path) -> None:
+    """A data folder written by an earlier aline.simulate (before usual_caffeine_mg) is named as such; a
+    file of the user's own lacking a feature gets the plain message."""
+    df = to_frame(make_truth(n=2))
+    old = write(df.drop(columns=["usual_caffeine_mg"]), tmp_path / "old.csv")
+    with pytest.raises(DataError) as err:
+        read_split(old, COLS)
+    assert "missing column(s) 'usual_caffeine_mg' (data from an earlier aline.simulate?" in str(err.value)
+    assert f"python -m aline.simulate --out {tmp_path}" in str(err.value)
+    own = write(df.drop(columns=["usual_caffeine_mg", "p_bayes"]), tmp_path / "own.csv")
+    with pytest.raises(DataError) as err:
+        read_split(own, COLS)
+    assert "missing column(s) 'usual_caffeine_mg'" in str(err.value) and "aline.simulate" not in str(
+        err.value
+    )

@@ -10,6 +10,11 @@ from pathlib import Path
 from aline.config import ColumnsConfig
 from aline.data.errors import DataError, is_parquet
 
+# A column only the simulator's files have, and the default features an earlier aline.simulate did not
+# write: a file with the first and without some of the second was written by an earlier simulator.
+SIMULATOR_MARK = "p_bayes"
+ADDED_TO_SIMULATOR = frozenset({"usual_caffeine_mg"})
+
 
 def read_header(path: Path) -> list[str]:
     if not path.is_file():
@@ -111,7 +116,15 @@ def plan_columns(path: Path, header: list[str], columns: ColumnsConfig, require_
         wanted.append(columns.label)
     problems = []
     missing = [c for c in wanted if c not in present]
-    if missing:
+    if missing and SIMULATOR_MARK in present and set(missing) <= ADDED_TO_SIMULATOR:
+        # The simulator's output of an earlier release (usual_caffeine_mg came later): say how to renew it,
+        # rather than suggest a near-miss name.
+        names = ", ".join(repr(c) for c in missing)
+        again = f"python -m aline.simulate --out {path.parent}"
+        problems.append(
+            f"missing column(s) {names} (data from an earlier aline.simulate? simulate it again: {again})"
+        )
+    elif missing:
         problems.append(f"missing column(s) {_missing_text(missing, header)}")
     roles: dict[str, list[str] | None] = {}
     if require_targets:

@@ -230,6 +230,10 @@ def generate(subjects: int, days: int, seed: int, params: dict[str, Any] | None 
     daily_caf = feats["caffeine_mg"].sum(1).reshape(subjects, days).mean(1)
     habitual_subject = daily_caf >= HABITUAL_MG
     habitual_row = habitual_subject[data["subject"]]
+    # A subject-level input: the mean the habitual-user flag is read from (the flag drives withdrawal), as
+    # an intake form would record it. Without it no model reading one day can reach p_bayes.
+    usual = np.round(daily_caf, FLOAT_DECIMALS["measurement"])[data["subject"]]  # [N]
+    feats["usual_caffeine_mg"] = np.repeat(usual[:, None], T, axis=1)
     g, q, r = context(feats, habitual_row, P)
 
     A, B, c, C, D, d = P["A"], P["B"], P["c"], P["C"], P["D"], P["d"]

@@ -68,6 +68,7 @@ UNITS = {
     "steps": "steps in the hour",
     "menstrual_window": "0/1, within -2..+2 days of menses onset (constant over the day)",
     "busy": "0/1, driving, commuting or in a meeting: the patient cannot answer a question this hour",
+    "usual_caffeine_mg": "mg a day: the subject's mean daily caffeine over its diary days (every row alike)",
     "heart_rate": "bpm, hourly mean (empty: watch not worn)",
     "hrv": "ms RMSSD (empty: not worn or motion artefact)",
     "skin_temp": "deg C (empty: watch not worn)",
