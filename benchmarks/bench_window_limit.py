@@ -1,10 +1,11 @@
 """What a forecast that reads one window at a time can reach, against the Bayes forecast in ``p_bayes``.
 
-The simulator's exact posterior conditions on the window's rows and on one subject-level value the rows
-do not show: whether the subject is a habitual caffeine user (mean daily caffeine over all the subject's
-days >= 50 mg), which drives caffeine withdrawal on a day without caffeine. The trainer reads one window
-at a time, so ``p_bayes`` is not quite reachable for it. This prints, per split, the exact Bayes forecast
-of a window-only observer: the mixture over the flag of the two exact forecasts, weighted by
+The simulator's exact posterior conditions on the window's rows and on one subject-level value: whether
+the subject is a habitual caffeine user (mean daily caffeine over all the subject's days >= 50 mg), which
+drives caffeine withdrawal on a day without caffeine. The files carry that mean as the input
+``usual_caffeine_mg``; a model that reads one day without it cannot quite reach ``p_bayes``. This prints,
+per split, the exact Bayes forecast of such an observer: the mixture over the flag of the two exact
+forecasts, weighted by
 
     P(flag | window) ∝ P(flag | the window's caffeine total) · p(the window's measurements | flag)
 
