@@ -35,7 +35,7 @@ from aline.scoring import binary_scores
 from aline.training.engine import make_loader, setup_averaging, setup_evaluator, setup_trainer
 from aline.training.handlers import CheckpointError, RunHandlers, install_sigterm_handler
 from aline.training.init_from import InitFrom, load_init
-from aline.training.launch import Launch, rank_data, run_ranks
+from aline.training.launch import Launch, RankFailed, rank_data, run_ranks
 from aline.training.loop import resolve_info_gain, resolve_reward
 from aline.training.losses import resolve_mean_target, resolve_posterior
 from aline.training.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
@@ -192,13 +192,14 @@ def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
 # --- the run folder ------------------------------------------------------------------------------------
 
 
-def _record_fault(run_dir: Path, reason: str) -> None:
-    """A fault found before training (a bad checkpoint): status.json failed with it, and train.log."""
+def _record_fault(run_dir: Path, reason: str, what: str = "cannot resume") -> None:
+    """A fault the trainer's handlers did not record (a bad checkpoint before training, a forked rank's own
+    error): status.json failed with it, and a line in train.log."""
     from aline.training.handlers import RunStatus
 
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")  # the format of the trainer's own log lines
     with (run_dir / contract.LOG_FILE).open("a", encoding="utf-8") as log:
-        log.write(f"{stamp} ERROR cannot resume: {reason}\n")  # the console gets it once, from main()
+        log.write(f"{stamp} ERROR {what}: {reason}\n")  # the console gets it once, from main()
     RunStatus(run_dir / contract.STATUS_FILE).failed(reason)
 
 
@@ -422,6 +423,11 @@ def train(
         except CheckpointError as err:
             if leader:
                 _record_fault(run_dir, str(err))
+            raise
+        except RankFailed as err:
+            # Rank 0's handlers recorded only that its peer went away; the run folder says what happened.
+            if leader and run_dir.is_dir():
+                _record_fault(run_dir, str(err), what="training failed")
             raise
         finally:
             if owner is not None:

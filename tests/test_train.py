@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +282,49 @@ def test_the_command_line_forks_its_ranks_and_they_train_as_spawned_ones_do(
     (a,), (b,) = val_rows(spawned.run_dir), val_rows(forked)
     for name in ("loss", "auc", "brier", "post_mse", "policy_value"):
         assert float(a[name]) == pytest.approx(float(b[name]), rel=1e-6), name
+
+
+@pytest.mark.slow
+def test_a_forked_rank_failing_alone_fails_the_run_with_its_own_error(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Rank 1 of a forked launch raises mid-epoch; rank 0 only sees its peer go away. The exit code, the
+    console, status.json and train.log must all carry rank 1's error (in a fresh interpreter: forking from
+    this test process, which has run OpenMP threads, could hang)."""
+    runs = tmp_path / "runs"
+    argv = [
+        f"data.dir={tiny_data}",
+        f"run.dir={runs}",
+        *TINY_MODEL,
+        "trainer.epochs=1",
+        "trainer.batch_size=8",
+    ]
+    argv += ["dist.nproc_per_node=2", "dist.backend=gloo", "dist.start_method=fork"]
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import ignite.distributed as idist
+        import aline.training.engine as engine
+        from aline.train import main
+        real, steps = engine.loop_loss, [0]
+        def breaking(*args, **kwargs):
+            steps[0] += 1
+            if idist.get_rank() == 1 and steps[0] > 2:  # a few steps in
+                raise ValueError("rank one broke")
+            return real(*args, **kwargs)
+        engine.loop_loss = breaking
+        sys.exit(main({argv!r}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == contract.EXIT_FAILURE, proc.stderr[-3000:]
+    assert "RankFailed: rank 1: ValueError: rank one broke" in proc.stderr
+    (run,) = runs.iterdir()
+    status = json.loads((run / contract.STATUS_FILE).read_text())
+    assert status["state"] == "failed" and status["reason"] == "rank 1: ValueError: rank one broke"
+    assert (
+        "ERROR training failed: rank 1: ValueError: rank one broke" in (run / contract.LOG_FILE).read_text()
+    )
 
 
 @pytest.mark.slow
