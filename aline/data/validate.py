@@ -123,23 +123,14 @@ def window_order(
 def id_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Ids as text or int64 → (``[rows]`` int64 codes, ``[K]`` ids as written, as str), codes numbered in
     id order: by value when every id is a whole number (so 9 comes before 10), else as text."""
-    if pa.types.is_int64(column.type) and not column.null_count:
-        values = numeric_numpy(column)  # [rows] int64
-        if len(values) and bool((values[1:] >= values[:-1]).all()):
-            # Whole-number ids already in order (a file sorted by window, or by subject): each code is a
-            # running count of changes, with no hashing (at 10x data 0.03 s against 0.10 s).
-            new = np.empty(len(values), dtype=bool)
-            new[0] = True
-            np.not_equal(values[1:], values[:-1], out=new[1:])
-            return np.cumsum(new) - 1, values[new].astype(str).astype(object)
     runs = _runs(column) if not column.null_count else None
     if runs is not None:
         run_of_row, run_ids = runs  # [rows], [R]
         codes, names = id_codes(pa.chunked_array([run_ids]))  # [R] one code per run
         if len(names) == len(run_ids):
             # Every id in one run of rows (a file grouped by window, or by subject, in any order): the codes
-            # come from the runs, with no hashing or copy of the whole column (at 10x data, a text id column
-            # cost 0.1 GB more memory the general way).
+            # come from the runs, with no hashing or copy of the whole column (at 10x data, integer window
+            # ids in 0.05 s against 0.10 s; a text id column took 0.1 GB less memory).
             return codes[run_of_row], names
     encoded = column.combine_chunks().dictionary_encode()
     codes = numeric_numpy(pa.chunked_array([encoded.indices])).astype(np.int64, copy=False)  # [rows]
