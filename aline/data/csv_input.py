@@ -103,8 +103,7 @@ def split_csv(path: Path, header: list[str], plan: ReadPlan) -> CsvPieces | None
     """Where to cut ``path`` into pieces, and its row count, from one pass over its bytes; None when the file
     holds a double quote anywhere (a quoted cell may hold a line break, so a line end may not end a row)
     or no data line: the general path reads those."""
-    piece_bytes = PIECE_BYTES
-    starts, lines, pos, cut = [0], 0, 0, piece_bytes
+    starts, lines, pos, cut = [0], 0, 0, PIECE_BYTES
     last = b"\n"
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 24):
@@ -117,7 +116,7 @@ def split_csv(path: Path, header: list[str], plan: ReadPlan) -> CsvPieces | None
                     cut = pos + len(chunk)  # the next line end is in a later chunk
                     break
                 starts.append(pos + end + 1)
-                cut = pos + end + 1 + piece_bytes
+                cut = pos + end + 1 + PIECE_BYTES
             pos += len(chunk)
             last = chunk[-1:]
     if starts[-1] == pos:
