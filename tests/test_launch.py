@@ -128,14 +128,23 @@ def test_a_fork_launch_runs_rank_0_in_the_launcher_and_forks_the_others() -> Non
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="forked ranks: Linux only (Launch.plan)")
-def test_a_forked_rank_that_fails_alone_is_reported_by_the_launcher() -> None:
-    """Rank 1 raises while rank 0 waits for it in a collective: rank 0 must not hang, and what the launcher
-    reports is rank 1's error, not only that its peer went away."""
+@pytest.mark.parametrize(
+    ("failure", "reported"),
+    [
+        # A Python error: sent to the launcher before rank 1's process group closes.
+        ('raise ValueError("rank one broke")', "rank 1: ValueError: rank one broke"),
+        # No Python error to send (the kernel's OOM killer, a kill -9): how the rank ended.
+        ("os.kill(os.getpid(), signal.SIGKILL)", "rank 1 was killed by SIGKILL"),
+    ],
+)
+def test_a_forked_rank_that_fails_alone_is_reported_by_the_launcher(failure: str, reported: str) -> None:
+    """Rank 1 fails while rank 0 waits for it in a collective: rank 0 must not hang, and what the launcher
+    reports is rank 1's fate, not only that its peer went away."""
     proc = _run_script(
-        """
+        f"""
         def fn(local_rank):
             if idist.get_rank() == 1:
-                raise ValueError("rank one broke")
+                {failure}
             idist.barrier()
         try:
             run_ranks(TWO, fn)
@@ -143,22 +152,4 @@ def test_a_forked_rank_that_fails_alone_is_reported_by_the_launcher() -> None:
             print("RankFailed:", err)
         """
     )
-    assert "RankFailed: rank 1: ValueError: rank one broke" in proc.stdout, proc.stderr[-3000:]
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="forked ranks: Linux only (Launch.plan)")
-def test_a_forked_rank_killed_outright_is_named_by_the_launcher() -> None:
-    """No Python error to send (the kernel's OOM killer, a kill -9): the launcher says which rank and how."""
-    proc = _run_script(
-        """
-        def fn(local_rank):
-            if idist.get_rank() == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            idist.barrier()
-        try:
-            run_ranks(TWO, fn)
-        except RankFailed as err:
-            print("RankFailed:", err)
-        """
-    )
-    assert "RankFailed: rank 1 was killed by SIGKILL" in proc.stdout, proc.stderr[-3000:]
+    assert f"RankFailed: {reported}" in proc.stdout, proc.stderr[-3000:]
