@@ -1,7 +1,7 @@
 """The run-folder contract shared by the trainer (writer) and the monitor (reader).
 
 Every file name, column name and state that both sides rely on lives here, so that the two can only
-disagree by editing this one module. See ``shared/design.md`` ("The run folder").
+disagree by editing this one module. ``docs/run-folder.md`` describes the contract.
 """
 
 from __future__ import annotations

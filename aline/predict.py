@@ -208,7 +208,7 @@ class Prediction:
 
     def hourly_frame(self) -> pd.DataFrame:
         """One row per window and hour: ``window_id, hour, p, score, mu_<latent>..., sigma_<latent>...``;
-        without the mu/sigma columns for a run trained on labels alone (see the README, "Your own data")."""
+        without the mu/sigma columns for a run trained on labels alone (see docs/data.md, "Labels only")."""
         import pandas as pd
 
         n, t = self.p_hourly.shape

@@ -18,8 +18,7 @@ trajectory and prints, per rule, the epoch it stops at, the epoch it picks and t
 
     python benchmarks/bench_real_data.py --data-dir DIR [--work DIR] [--with-default] [KEY=VALUE ...]
 
-Figures in the README ("Your own data") came from data simulated with --subjects 150 --days 40 --seed 0
-(a third of the default size, to fit a shared machine).
+docs/results.md ("Without the simulator's references") says which data its figures were measured on.
 """
 
 from __future__ import annotations

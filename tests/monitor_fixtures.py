@@ -1,4 +1,4 @@
-"""Writes run folders exactly as the run-folder contract says (shared/design.md), for the monitor's tests.
+"""Writes run folders exactly as the run-folder contract says (docs/run-folder.md), for the monitor's tests.
 
 The numbers are random but written with full precision (``repr``), so a test can compare what a chart
 holds with what the file holds, exactly. Nothing here imports the monitor's own reading code.
@@ -216,7 +216,7 @@ def tensorboard_smooth(values: list[float], weight: float) -> list[float]:
 
 
 def tiny_real_run(root: Path, epochs: int = 2) -> Path:
-    """A run folder written by the real trainer on a few simulated subjects (about 10 s on 2 cores)."""
+    """A run folder written by the real trainer on a few simulated subjects (a slow fixture)."""
     from aline.config import load_config
     from aline.simulate import simulate
     from aline.train import train

@@ -66,7 +66,7 @@ def resolve_info_gain(form: str, *, has_truth: bool) -> str:
     """``policy.info_gain=auto``: ``logprob`` (ALINE's estimator, ``log q1(z) - log q0(z)`` at the latent
     truth) when the training data has it, else ``variance``. With the GRU encoder, whose variance barely
     follows what an answer is worth, logprob's reward also sees how far the answers move the mean towards
-    the truth (README "Asking"). Other values pass through."""
+    the truth (docs/design.md, "The asking loop"). Other values pass through."""
     if form != "auto":
         return form
     return "logprob" if has_truth else "variance"

@@ -13,7 +13,7 @@ a daemon thread touches the lock file every ``HEARTBEAT_INTERVAL_S``. A later pr
 gone when the lock's mtime is older than ``HEARTBEAT_STALE_S`` or, on the holder's own host, when its pid no
 longer exists. Only then is the lock broken (renamed away, then created afresh with O_EXCL, so of two
 processes breaking it at once only one wins). Across machines this assumes clocks that agree to within a
-few seconds (NTP); the README says what is and is not guaranteed.
+few seconds (NTP); docs/run-folder.md says what is and is not guaranteed.
 """
 
 from __future__ import annotations

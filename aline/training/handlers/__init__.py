@@ -1,4 +1,4 @@
-"""Ignite handlers that turn a training run into the run folder of ``shared/design.md``.
+"""Ignite handlers that turn a training run into the run folder of ``docs/run-folder.md``.
 
 Everything the trainer does *around* its steps, one module per job (``logs``: CSV files, logging, epoch
 summary, W&B; ``status``: status.json, heartbeat, SIGTERM, divergence; ``checkpoints``: last/best
