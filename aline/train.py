@@ -319,7 +319,7 @@ def setup_run(
         normalizer = Normalizer.fit(splits["train"])
     train_set = window_dataset(cfg, splits["train"], normalizer)
     val_set = window_dataset(cfg, splits["val"], normalizer)
-    return_freed_memory()  # the normaliser's and the question pool's temporaries: 63 MB at 10x data
+    return_freed_memory()  # the normaliser's and the question pool's temporaries
     train_loader = make_loader(train_set, cfg.trainer.batch_size, train=True, seed=cfg.seed)
     val_loader = make_loader(val_set, cfg.trainer.eval_batch_size, train=False, seed=cfg.seed)
 
@@ -549,9 +549,9 @@ def cli() -> None:
     """The console entry point: :func:`main`, then an immediate exit.
 
     When ``main`` returns, every file is written and closed. What the interpreter would still do is tear
-    down torch, pandas and the rest: 4-8 s on a loaded 2-core machine (tests/test_run_safety.py measures
-    it), once 40 s, during which a finished or failed run still looked alive to a shell or scheduler
-    waiting for it. Hence ``os._exit`` after flushing the logs and the console.
+    down torch, pandas and the rest, which takes seconds on a loaded machine, during which a finished or
+    failed run still looks alive to a shell or scheduler waiting for it (tests/test_run_safety.py checks
+    the exit is prompt). Hence ``os._exit`` after flushing the logs and the console.
     """
     code = main()
     logging.shutdown()

@@ -10,8 +10,8 @@ inside the charts fragment, so changing one reruns that fragment only. Figures a
 versions and the controls, so a refresh in which no file grew rebuilds nothing and hands Streamlit the very
 same figures (the browser then redraws nothing).
 
-Table first: a browser draws what one script run sends in one go, and the charts (plotly's 4.7 MB script,
-then every figure) used to keep the runs table off the screen for seconds. A browser session's first page
+Table first: a browser draws what one script run sends in one go, and the charts (plotly's large script,
+then every figure) would keep the runs table off the screen for seconds. A browser session's first page
 therefore comes in stages, the runs table, then the first chart, then the rest, each sent once the browser
 says it has drawn the one before (``next_stage``, ``aline.monitor.paintsignal``).
 """
@@ -351,8 +351,8 @@ def locked_csv(runs: list[RunData], which: str) -> bytes:
 
 # A browser session's first page comes in stages, each sent once the browser has drawn the one before
 # (``next_stage``): the runs table, then the first chart, then all the rest. The browser draws a script
-# run's output in one go, and each stage's drawing is what kept the one before off the screen: plotly's
-# 4.7 MB script and first chart for the table, the eight other charts for the first chart.
+# run's output in one go, and each stage's drawing would keep the one before off the screen: plotly's
+# script and first chart for the table, the eight other charts for the first chart.
 STAGE_TABLE, STAGE_FIRST_CHART, STAGE_ALL = 0, 1, 2
 # What the browser must have drawn before it asks for the next stage.
 STAGE_DRAWN = {

@@ -12,8 +12,8 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     # Under pytest-xdist there is one worker per core already: a second torch thread per worker, and per
-    # process a test spawns (they inherit OMP_NUM_THREADS), only oversubscribes the cores. Seen on 2 cores:
-    # the two-process tests took 38-46 s each with two threads per process, against 9-22 s alone.
+    # process a test spawns (they inherit OMP_NUM_THREADS), only oversubscribes the cores and slows the
+    # two-process tests down.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

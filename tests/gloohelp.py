@@ -2,7 +2,7 @@
 two gloo ranks: forked from a forkserver that has already imported what the ranks need.
 
 ignite's default, ``spawn``, starts each rank as a fresh interpreter that imports torch, ignite, pandas and
-the test module again: about 9 s of CPU per rank on the 2-core CI machine, most of those tests' time. The
+the test module again, which is most of those tests' time. The
 forkserver pays that once per pytest process and forks every rank from it; the ranks remain two separate
 processes in a real gloo process group. Plain ``fork`` would be cheaper still but is unsafe: a child forked
 from a process that has already run OpenMP threads (any test process) hangs in its first parallel op.

@@ -10,8 +10,8 @@ from pathlib import Path
 from aline.config import ColumnsConfig
 from aline.data.errors import DataError, is_parquet
 
-# A column only the simulator's files have, and the default features an earlier aline.simulate did not
-# write: a file with the first and without some of the second was written by an earlier simulator.
+# A column only the simulator's files have, and default features the simulator has not always written: a
+# file with the first and without some of the second was written by an older simulator.
 SIMULATOR_MARK = "p_bayes"
 ADDED_TO_SIMULATOR = frozenset({"usual_caffeine_mg"})
 
@@ -117,7 +117,7 @@ def plan_columns(path: Path, header: list[str], columns: ColumnsConfig, require_
     problems = []
     missing = [c for c in wanted if c not in present]
     if missing and SIMULATOR_MARK in present and set(missing) <= ADDED_TO_SIMULATOR:
-        # The simulator's output of an earlier release (usual_caffeine_mg came later): say how to renew it,
+        # An older simulator's output (it lacks a column the simulator writes now): say how to renew it,
         # rather than suggest a near-miss name.
         names = ", ".join(repr(c) for c in missing)
         again = f"python -m aline.simulate --out {path.parent}"

@@ -17,9 +17,8 @@ from aline.data.columns import ReadPlan
 from aline.data.errors import DataError, bad_rows_error
 from aline.data.layout import Irregular
 
-# pyarrow's threaded parse: on 2 idle cores the whole load of 432k rows took 0.30 s against 0.47 s with one
-# thread (benchmarks/bench_loader.py). On busy cores it was slower (1.3 s vs 1.0 s), but a user training
-# here has the cores to themselves.
+# pyarrow's threaded parse: faster on idle cores, slower on busy ones, and a user training here has the
+# cores to themselves (docs/results.md, "Loader and launcher constants").
 PARSE_THREADS = True
 
 
@@ -36,8 +35,7 @@ MISSING_MARKERS = ("", *(v for w in ("NA", "NaN", "null") for v in _case_variant
 
 
 # Bytes of text the fast path parses at a time (:func:`split_csv`): only one piece's parsed columns sit in
-# memory beside the arrays. At 10x data (a 540 MB train file), 16-64 MB pieces parsed as fast as the whole
-# file at once, with a peak of 0.2 GB against 2.2 GB.
+# memory beside the arrays, at no cost in parse time (docs/results.md, "Loader and launcher constants").
 PIECE_BYTES = 1 << 25
 
 

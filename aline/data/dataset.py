@@ -171,8 +171,8 @@ class WindowDataset(torch.utils.data.Dataset):
             if raw.answers is not None:
                 j = normalizer.feature_names.index(raw.asked_feature)
                 mean, std = normalizer.mean[j], normalizer.std[j]
-                # In blocks of windows: the float64 arithmetic's temporaries stay small (at 10x data, 70 MB
-                # for the whole array at once, beside the shared data).
+                # In blocks of windows: the float64 arithmetic's temporaries stay small beside the shared
+                # data, instead of one temporary the size of the whole array.
                 for i in range(0, len(answer), _BLOCK_WINDOWS):
                     given = raw.answers[i : i + _BLOCK_WINDOWS]  # [b, 24] float32, NaN where none
                     answer[i : i + _BLOCK_WINDOWS] = np.where(np.isnan(given), 0.0, (given - mean) / std)

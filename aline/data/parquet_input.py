@@ -24,12 +24,11 @@ from aline.data.layout import Irregular
 
 __all__ = ["iter_batches", "parquet_header", "read_parquet"]
 
-# Rows per read batch (a batch of 35 float64 columns is about 75 MB before the cast). At 10x data, 1 << 18
-# loaded as fast as 1 << 20 with a lower peak memory, and 1 << 16 was slower.
+# Rows per read batch: large enough to decode at full speed, small enough to keep the float64 batch before
+# the cast modest (docs/results.md, "Loader and launcher constants").
 BATCH_ROWS = 1 << 18
 # Rows per batch when the hourly columns stream straight into the arrays (iter_batches). Two batches are
-# alive at once, beside the arrays; at 10x data 1 << 16 cut the load's peak by about 95 MB against 1 << 18,
-# at the same load time.
+# alive at once, beside the arrays, so smaller batches lower the load's peak (docs/results.md).
 STREAM_ROWS = 1 << 16
 
 
@@ -50,7 +49,7 @@ def read_parquet(path: Path, plan: ReadPlan, names: list[str] | None = None) -> 
 
     The file is read in batches of all planned columns (pyarrow decodes a batch's columns in parallel),
     each numeric column cast to float32 as it arrives: one pass over the file, and a float64 file never
-    sits in memory whole. Reading one column at a time took 2.8x as long at 10x data."""
+    sits in memory whole; reading one column at a time is much slower."""
     try:
         reader = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:

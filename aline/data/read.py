@@ -134,8 +134,8 @@ def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig,
     present: set[str] | None = None  # the hourly columns with a value in them (fast path)
     if stream:
         # Only what orders the rows comes first. The hourly columns stream into the arrays, and every other
-        # column is read alone when first used (_OnDemand): at 10x data, reading them together beside the
-        # arrays raised the load's peak by 100 MB.
+        # column is read alone when first used (_OnDemand): reading them together beside the arrays
+        # raises the load's peak.
         order_by = [plan.window_id, plan.hour]
         on_demand = [c for c in plan.columns() if c not in hourly_set and c not in order_by]
         table = read_parquet(path, plan, order_by)
@@ -153,15 +153,14 @@ def _read(path: Path, header: list[str], plan: ReadPlan, columns: ColumnsConfig,
         table = read_parquet(path, plan) if is_parquet(path) else parse_csv(path, header, plan)
     # Arrow's allocator keeps freed blocks (parse buffers, Parquet's float64 batches, each column once it
     # is in the arrays) for reuse by Arrow, while the arrays come from NumPy's allocator. Handing them back
-    # as they are freed cut the 10x Parquet load's peak from 1.20 to 0.82 GB above the baseline, and what
-    # the process keeps after loading from 0.86 to 0.53 GB (the arrays are 0.41 GB).
+    # as they are freed lowers both the load's peak and what the process keeps after loading.
     pa.default_memory_pool().release_unused()
     n_rows = table.num_rows
     if n_rows == 0:
         raise DataError(f"{path}: no data rows below the header")
 
     # Each column is let go once it is in the arrays: the parsed table and the arrays never both sit in
-    # memory whole (peak memory at 10x data, benchmarks/bench_scale.py).
+    # memory whole (docs/results.md, "Data at scale").
     parsed = _OnDemand(path, plan, on_demand) if stream else {}
     parsed.update((name, table.column(name)) for name in table.column_names)
     del table

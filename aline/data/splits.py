@@ -57,9 +57,8 @@ def load_splits(data: DataConfig, splits: Iterable[str] = SPLITS) -> dict[str, R
 
 
 def return_freed_memory() -> None:
-    """Hand freed buffers back to the system. glibc keeps freed heap pages for reuse: at 10x data about
-    110 MB after loading, which a process holds until training happens to reuse them, and which forked
-    ranks would share as dead weight."""
+    """Hand freed buffers back to the system. glibc keeps freed heap pages for reuse, which a process holds
+    until training happens to reuse them, and which forked ranks would share as dead weight."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): no malloc_trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -86,7 +85,7 @@ def _cross_split_problems(out: dict[str, RawSplit]) -> list[str]:
                 ids_a, ids_b = getattr(out[a], attr), getattr(out[b], attr)
                 if ids_a is None or ids_b is None:
                     continue
-                # Python sets: at 10x data 0.02 s, where sorting both id arrays as text took 0.3 s.
+                # Python sets: much faster than sorting both id arrays as text.
                 shared = sorted(set(map(str, ids_a)).intersection(map(str, ids_b)))
                 if len(shared):
                     shown = ", ".join(repr(str(v)) for v in shared[:_SHOWN_IDS])
@@ -104,9 +103,9 @@ def feature_report(train: RawSplit) -> tuple[list[str], list[str]]:
     (the model could not learn what it means); a constant one a warning (it carries nothing)."""
     n, hours, f = train.features.shape
     rows = train.features.reshape(n, hours * f)  # [N, 24*F]: one window per row, so each reduction
-    # step covers a whole window (with [N*24, F] rows of 15 values it ran 30x slower).
-    # fmin/fmax skip NaN, giving NaN only where a column has no value at all: 0.04 s at 10x data, where
-    # selecting each column's observed values took 0.87 s.
+    # step covers a whole window rather than a few values.
+    # fmin/fmax skip NaN, giving NaN only where a column has no value at all, without selecting each
+    # column's observed values first.
     lo = np.fmin.reduce(np.fmin.reduce(rows, axis=0).reshape(hours, f), axis=0)  # [F]
     hi = np.fmax.reduce(np.fmax.reduce(rows, axis=0).reshape(hours, f), axis=0)  # [F]
     errors, warnings = [], []

@@ -2,9 +2,8 @@
 
 The default encoder is a bidirectional GRU: the exact posterior is a Kalman filter run forwards and a
 smoother run backwards, and a recurrence read both ways is that computation's learned analogue. On the
-default data it reached the posterior and forecast that a 2-layer transformer (ALINE's choice, kept as
-``model.encoder=transformer``) reached after 30 epochs in 8, at about 1/6 of the time per epoch
-(README "Results"; figures from ``benchmarks/bench_quality.py``). ``model.encoder=kalman``
+default data it reached the posterior and forecast of a 2-layer transformer (ALINE's choice, kept as
+``model.encoder=transformer``) in far fewer epochs, each cheaper (docs/results.md). ``model.encoder=kalman``
 (:mod:`aline.model.ssm`) has the exact computation's form, with its parameters learned; its smoother gives the
 posterior directly and a full covariance that the forecast and the info-gain reward use.
 
@@ -97,13 +96,13 @@ class AlineModel(nn.Module):
         self.detach_policy = detach_policy
 
         self.encoder_kind = encoder
-        # Modules are created in the same order as before the kalman encoder existed, so a seed still gives
-        # the GRU and transformer the same initial weights (and the same runs) as in earlier releases.
+        # Modules are created in a fixed order (the kalman encoder's last), so a seed gives the GRU and
+        # transformer the same initial weights whatever other encoders exist.
         if encoder != "kalman":
             self.input_proj = nn.Linear(2 * n_features, d_model)
         if encoder == "gru":
             # A recurrence knows each hour's place from the order it reads them in; an added hour
-            # embedding made the posterior worse (post_mse 1.15x against 1.09x the floor after 8 epochs).
+            # embedding made the posterior worse (docs/results.md).
             if d_model % 2:
                 raise ValueError(f"the gru encoder needs an even d_model (got {d_model})")
             self.encoder = nn.GRU(

@@ -9,8 +9,8 @@ element (no runs yet) cannot hold the page back.
 
 Streamlit without components v2 gets a timer instead: a ``run_every`` fragment whose rerun the browser
 can only ask for when it is not busy. That is weaker: the timer also fires while the browser waits for a
-lazily loaded script (the table's 1.2 MB, plotly's 4.7 MB), and the next stage then often arrived in time
-to be drawn together with the one before.
+lazily loaded script (the table's, plotly's), and the next stage then often arrives in time to be drawn
+together with the one before.
 """
 
 from __future__ import annotations

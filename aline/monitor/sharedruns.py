@@ -1,15 +1,15 @@
 """What the browser sessions of one monitor server share: the parsed runs and the figures built from them.
 
-Each session used to keep a ``RunData`` per run of its own, so every new page (and every open tab) parsed
-the shown runs' files from the start again (about 1.6 s per 200,000-row run on a loaded machine) and
-rebuilt every figure. Here a run is parsed once per server and then refreshed incrementally by whichever
+A ``RunData`` per run and session would make every new page (and every open tab) parse the shown runs'
+files from the start again and rebuild every figure. Here a run is parsed once per server and then
+refreshed incrementally by whichever
 session asks, and a figure is kept under its inputs (the runs' table versions and the chart controls), so
 a new page gets the figures that another session has already built.
 
 Sessions run in threads of their own: a run's tables are refreshed and read only under its
 ``RunData.lock``, and ``locked`` takes several runs' locks in folder order, so that two sessions never wait
-for each other in a cycle. Both caches are bounded, least recently used out: a run of 200,000 rows holds
-about 35 MB.
+for each other in a cycle. Both caches are bounded, least recently used out, since a long run's tables
+are large.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ smoothed point is last / (1 − w^n), n being how many finite points went in so 
 the pull towards the zero the average starts from. Non-finite points are left as they are and do not
 advance the average, so a gap in a curve stays a gap.
 
-NumPy only: scipy.signal.lfilter did the recursion before, but importing scipy.signal took 2–6 s on the
-monitor's first page, longer than everything else the page imports.
+NumPy only: importing scipy.signal for its lfilter would cost the monitor's first page more than
+everything else the page imports.
 """
 
 from __future__ import annotations

@@ -221,8 +221,8 @@ def _sandwich(P: np.ndarray, At: np.ndarray) -> np.ndarray:
 def inv_spd(P: np.ndarray) -> np.ndarray:
     """Inverse of a batch of symmetric positive-definite matrices [n, k, k] by 2x2-block Schur complements.
 
-    Closed forms for k <= 2 and batched matmuls above: for 18k 4x4 matrices this took 6 ms against 8 ms
-    for ``np.linalg.inv``, which calls LAPACK once per matrix.
+    Closed forms for k <= 2 and batched matmuls above: faster than ``np.linalg.inv``, which calls LAPACK
+    once per matrix.
     """
     k = P.shape[-1]
     if k == 1:

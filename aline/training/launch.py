@@ -37,10 +37,10 @@ class Launch:
     process trains alone) and how they start (``fork``: rank 0 here, the others forked; ``spawn``: all N
     spawned by ignite), and the torch threads each rank trains with.
 
-    A forked rank shares the launcher's pages (the interpreter, torch, ignite: about 210 MB that a spawned
-    rank holds privately). GNU OpenMP, torch's CPU thread pool, is not fork-safe: a child forked after its
-    parent ran a multi-threaded torch operation hangs in its first one (measured: a 2000 x 2000 matmul never
-    returned; with the parent's op on one thread, it ran). So a forking launcher keeps torch on one thread
+    A forked rank shares the launcher's pages (the interpreter, torch, ignite), which a spawned rank holds
+    privately. GNU OpenMP, torch's CPU thread pool, is not fork-safe: a child forked after its parent ran a
+    multi-threaded torch operation hangs in its first one (with the parent's operation on one thread, it
+    runs). So a forking launcher keeps torch on one thread
     until the ranks start (:meth:`no_thread_pool`), and each rank then sets ``threads``. ``auto`` forks only
     CPU ranks on Linux, and only for a caller that vouches that nothing ran before (``python -m
     aline.train``); ``train()`` called from Python spawns, since a notebook or a test may have run torch
@@ -71,8 +71,8 @@ class Launch:
             method = "fork" if may_fork and cpu and sys.platform == "linux" else "spawn"
         threads = torch.get_num_threads()
         if nproc and "OMP_NUM_THREADS" not in os.environ:
-            # The ranks share the cores: N ranks of all-core thread pools left 2 ranks on 2 cores 6x slower
-            # than one process (an epoch in 126-140 s against 21 s). A user's OMP_NUM_THREADS wins.
+            # The ranks share the cores: N ranks of all-core thread pools oversubscribe them and train far
+            # slower than one process (docs/results.md). A user's OMP_NUM_THREADS wins.
             threads = max(1, threads // nproc)
         return cls(backend, nproc, method, threads)
 
@@ -147,8 +147,8 @@ def _run_forked(launch: Launch, fn: Callable[..., None], *args: Any) -> None:
 
     Why not let ignite fork all N: the launcher then only waits, yet holds its own memory (the loaded data's
     bookkeeping, the Python heap it imported), and every rank copies the pages of that heap it writes to.
-    With rank 0 here, a 2-process run holds one copy less (benchmarks/bench_scale.py, README "Data at
-    scale"). Only rank 0 writes files, so a rank that must be stopped loses nothing."""
+    With rank 0 here, a 2-process run holds one copy less (docs/results.md, "Data at scale"). Only rank 0
+    writes files, so a rank that must be stopped loses nothing."""
     group = {
         "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
         # A fixed port would make two runs on one machine collide: a free one unless the user named one.
