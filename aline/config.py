@@ -6,12 +6,20 @@ range) is collected into one :class:`ConfigError` before any work starts, so a u
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aline.config_overrides import (
+    ConfigError,
+    format_validation_error,
+    key_paths,
+    merge,
+    override_keys,
+    parse_overrides,
+    read_yaml_file,
+)
 
 DEFAULT_DATA_DIR = "data"
 DEFAULT_PREFIX = "synthetic_migraine"
@@ -43,40 +51,66 @@ DEFAULT_LATENTS = ("stress", "sleep_debt", "hormonal", "env_load")
 SPLITS = ("train", "val", "test")
 
 
-class ConfigError(ValueError):
-    """Invalid configuration; ``str(err)`` lists every problem, one per line."""
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ColumnsConfig(_Section):
-    """Which CSV columns play which role; defaults match ``python -m aline.simulate``.
+    """Which column plays which role (docs/data.md); the defaults are the simulator's names.
 
-    Optional roles (subject id, latents, posterior std/mean, query value, p_bayes, p_true) are read when
-    the CSV has them. A column name that the user chose (any value other than the built-in default) must
-    exist, so a typo is an error rather than a silently absent role; ``null`` leaves a role out.
+    Optional roles (subject id, latents, posterior std/mean, query value, p_bayes, p_true, answers) are read
+    when the file has them. A column name that the user chose (any value other than the built-in default)
+    must exist, so a typo is an error rather than a silently absent role; ``null`` leaves a role out.
     """
 
-    window_id: str = "window_id"
-    hour: str = "hour"
-    label: str = "y_next"
-    subject_id: str | None = "subject_id"
-    features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES), min_length=1)
-    # Latent names: the dimensions of the model's posterior. Their target columns <latent_prefix><name>
-    # are optional: without them (or with latent_prefix null) the run trains on the labels alone.
-    latents: list[str] = Field(default_factory=lambda: list(DEFAULT_LATENTS), min_length=1)
-    latent_prefix: str | None = "z_"
-    post_mean_prefix: str | None = "post_mean_"
-    # Column prefix of the per-hour posterior std used as sigma target; null when the CSV has none.
-    sigma_prefix: str | None = "post_std_"
-    query_value: str | None = "query_value"
-    p_bayes: str | None = "p_bayes"
-    p_true: str | None = "p_true"
-    # Asked feature -> column with the answer the patient would give at each hour (empty where the hour
-    # cannot be asked). Null or empty: no question can be asked, so no closed loop.
-    answers: dict[str, str] | None = Field(default_factory=lambda: dict(DEFAULT_ANSWERS))
+    window_id: str = Field(
+        "window_id", description="One window = one subject-day of 24 hourly rows; any text or integer id."
+    )
+    hour: str = Field("hour", description="Hour of the day, 0..23, each exactly once per window.")
+    label: str = Field("y_next", description="Next-day migraine, 0/1, the same on all rows of a window.")
+    subject_id: str | None = Field(
+        "subject_id", description="Optional: a subject in two splits is an error; null if absent."
+    )
+    features: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FEATURES),
+        min_length=1,
+        description="Model inputs; empty cells are allowed (the model also sees a missing-mask).",
+    )
+    latents: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LATENTS),
+        min_length=1,
+        description="Latent names, the posterior's dimensions; their targets are <latent_prefix><name>.",
+    )
+    latent_prefix: str | None = Field(
+        "z_",
+        description="Optional true latent state columns (the posterior's target); without them (or with "
+        "null) the run trains on the labels alone.",
+    )
+    post_mean_prefix: str | None = Field(
+        "post_mean_",
+        description="Optional exact posterior mean columns (the mean's target under loss.mean_target=auto).",
+    )
+    sigma_prefix: str | None = Field(
+        "post_std_",
+        description="Optional exact posterior std columns (the sigma target of loss.posterior=mse); null "
+        "when the data has none.",
+    )
+    query_value: str | None = Field(
+        "query_value",
+        description="Optional per-hour exact value of asking (policy.reward=query_value, the policy_value "
+        "metric); null if absent.",
+    )
+    p_bayes: str | None = Field(
+        "p_bayes", description="Optional Bayes-optimal probability (a reference only); null if absent."
+    )
+    p_true: str | None = Field(
+        "p_true", description="Optional latent-oracle probability (a reference only); null if absent."
+    )
+    answers: dict[str, str] | None = Field(
+        default_factory=lambda: dict(DEFAULT_ANSWERS),
+        description="Asked feature -> column with the answer the patient would give at each hour (empty "
+        "where it cannot be asked). null or {}: no question, so no asking loop.",
+    )
 
     @model_validator(mode="after")
     def _one_asked_feature(self) -> ColumnsConfig:
@@ -116,8 +150,17 @@ class ColumnsConfig(_Section):
 
 
 class DataConfig(_Section):
-    dir: str = DEFAULT_DATA_DIR
-    prefix: str = DEFAULT_PREFIX
+    """Where the three splits are, and how to read them."""
+
+    dir: str = Field(
+        DEFAULT_DATA_DIR,
+        description="Folder with <prefix>_{train,val,test}.csv or .parquet (the extension picks the reader). "
+        "Only this default folder is filled by the simulator when empty; any other missing folder is an "
+        "error.",
+    )
+    prefix: str = Field(
+        DEFAULT_PREFIX, description="File name prefix: <prefix>_train.csv, ..., <prefix>_meta.json."
+    )
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
 
     def split_path(self, split: str) -> Path:
@@ -143,17 +186,39 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    encoder: Literal["gru", "transformer", "kalman"] = "gru"
-    # kalman only: the features that are noisy readings of the latent state (sensors, diary scores); the
-    # other features drive it. Left at the default it shrinks to the names data.columns.features holds.
-    measurements: list[str] = Field(default_factory=lambda: list(DEFAULT_MEASUREMENTS))
-    d_model: int = Field(128, ge=4, le=4096)
-    heads: int = Field(4, ge=1, le=64)
-    # One GRU layer (measured at optim.lr=5e-3): 9-13 s epochs against 16-20 s for two, the same forecast,
-    # and every quality target met in 0.64x the time over 3 seeds (README "Time to quality").
-    layers: int = Field(1, ge=1, le=48)
-    ff_dim: int = Field(256, ge=4)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """The network: encoder and widths (presets for other encoders: configs/model/)."""
+
+    encoder: Literal["gru", "transformer", "kalman"] = Field(
+        "gru",
+        description="gru: bidirectional GRU, the learned analogue of the exact filter and smoother | "
+        "transformer: ALINE's encoder (hour embedding + attention) | kalman: a learned Kalman filter + RTS "
+        "smoother, the exact posterior's form.",
+    )
+    measurements: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_MEASUREMENTS),
+        description="kalman only: the features that are noisy readings of the latent state (sensors, diary "
+        "scores); the others drive it. Left at the default it shrinks to the features the data has.",
+    )
+    d_model: int = Field(
+        128,
+        ge=4,
+        le=4096,
+        description="Encoder width (gru, and kalman's input GRU: each direction gets half, so even).",
+    )
+    heads: int = Field(4, ge=1, le=64, description="transformer only: attention heads; must divide d_model.")
+    layers: int = Field(
+        1,
+        ge=1,
+        le=48,
+        description="Encoder layers (stacked GRUs, or transformer blocks); one GRU layer: docs/results.md.",
+    )
+    ff_dim: int = Field(256, ge=4, description="transformer only: feed-forward width inside each block.")
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout between encoder layers (gru: needs layers >= 2, else an error).",
+    )
 
     @model_validator(mode="after")
     def _width_fits_encoder(self) -> ModelConfig:
@@ -171,22 +236,29 @@ class ModelConfig(_Section):
 
 
 class OptimConfig(_Section):
-    # 5e-3: with the subject's usual caffeine as an input, every quality target falls at epochs 2-3 either
-    # way, and 5e-3 ended nearer the Bayes forecast than 6e-3 (seed 2: val AUC 0.997x against 0.995x). The
-    # one-layer GRU at 3e-3 left its one-answer gain ranking hours far worse (oracle-free Spearman
-    # 0.23-0.34 against 0.50-0.61) for the same forecast (README "Results").
-    lr: float = Field(5e-3, gt=0.0, le=10.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = Field(1.0, gt=0.0)
-    # The prediction head (w, b: five numbers fitted to noisy labels) needs far larger steps than the
-    # encoder; with the shared lr it was still far from calibrated after the encoder had converged.
-    head_lr_mult: float = Field(20.0, gt=0.0)
-    # Validation, checkpoints and predictions use an exponential moving average of the weights: at a high
-    # lr the raw weights' forecast wanders from step to step (val AUC 0.981-0.984x Bayes at epochs 4-5 at
-    # lr 5e-3, then 0.991x once the lr had decayed); the average met every quality target at epochs 5, 4,
-    # 5 instead of 6, 6, 6 (README "Time to quality", before usual_caffeine_mg). None: the raw weights.
-    ema_momentum: float | None = Field(0.02, gt=0.0, lt=1.0)
+    """AdamW and the moving average of the weights."""
+
+    lr: float = Field(5e-3, gt=0.0, le=10.0, description="Peak learning rate (docs/results.md).")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay (not on the prediction head).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam moment decay rates, each in [0, 1).")
+    grad_clip: float | None = Field(
+        1.0, gt=0.0, description="Largest global gradient L2 norm; null disables clipping."
+    )
+    head_lr_mult: float = Field(
+        20.0,
+        gt=0.0,
+        description="lr multiplier for the prediction head w, b: five numbers fitted to noisy labels, which "
+        "need far larger steps than the encoder to be calibrated.",
+    )
+    ema_momentum: float | None = Field(
+        0.02,
+        gt=0.0,
+        lt=1.0,
+        description="Validation, checkpoints and predictions use an exponential moving average of the "
+        "weights, updated each step by this share (the plain mean of the steps so far until "
+        "1/ema_momentum steps): at a high lr the raw weights' forecast wanders from step to step "
+        "(docs/results.md). null: the raw weights.",
+    )
 
     @field_validator("betas")
     @classmethod
@@ -198,63 +270,133 @@ class OptimConfig(_Section):
 
 
 class SchedConfig(_Section):
-    name: Literal["cosine", "step", "plateau", "none"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0.0)
-    min_lr_ratio: float = Field(0.02, ge=0.0, le=1.0)
-    step_epochs: int = Field(10, ge=1)
-    gamma: float = Field(0.5, gt=0.0, le=1.0)
-    plateau_patience: int = Field(2, ge=0)
+    """The learning-rate schedule."""
+
+    name: Literal["cosine", "step", "plateau", "none"] = Field(
+        "cosine",
+        description="cosine (linear warmup, then cosine decay, per iteration) | step | plateau | none.",
+    )
+    warmup_epochs: float = Field(
+        1.0, ge=0.0, description="cosine: linear warmup length in epochs (fractions allowed)."
+    )
+    min_lr_ratio: float = Field(0.02, ge=0.0, le=1.0, description="cosine: final lr = lr * min_lr_ratio.")
+    step_epochs: int = Field(10, ge=1, description="step: multiply the lr by gamma every step_epochs epochs.")
+    gamma: float = Field(0.5, gt=0.0, le=1.0, description="step and plateau: the lr factor.")
+    plateau_patience: int = Field(
+        2,
+        ge=0,
+        description="plateau: validation epochs without improvement of early_stop.metric before the lr "
+        "drops.",
+    )
 
 
 class TrainerConfig(_Section):
-    # A run folder whose weights and normaliser start this run (fine-tuning); its features must match.
-    init_from: str | None = None
-    epochs: int = Field(8, ge=1)
-    # 64, not 256: on 2 CPU cores an epoch costs only a little more (about 30 s against 22 s) for four
-    # times the optimizer steps, which brought post_mse from 1.09x to 1.04x the floor (README "Results").
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    log_every: int = Field(20, ge=1)
+    """Epochs, batches and logging cadence."""
+
+    init_from: str | None = Field(
+        None,
+        description="A run folder whose best weights and normaliser start this run (fine-tuning); its "
+        "features must equal data.columns.features (CLI: --init-from RUN_DIR).",
+    )
+    epochs: int = Field(
+        8, ge=1, description="Maximum epochs (--resume RUN trainer.epochs=N extends a finished run)."
+    )
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Training windows per step and process; small batches give more optimizer steps "
+        "(docs/results.md).",
+    )
+    eval_batch_size: int = Field(1024, ge=1, description="Validation windows per step.")
+    log_every: int = Field(
+        20, ge=1, description="Write a train row to metrics.csv every N iterations (and at each epoch end)."
+    )
 
 
 PosteriorLoss = Literal["auto", "mse", "nll", "none"]
 
 
 class LossConfig(_Section):
-    # auto: mse (with the posterior-std columns as sigma target) when the CSV has them, nll (MSE of the
-    # mean + Gaussian NLL of sigma) when it has latents but no posterior std, none when it has no latents
-    # (labels only). The trainer writes the resolved choice into the run's config.yaml.
-    posterior: PosteriorLoss = "auto"
+    """loss = L_post + alpha * L_policy + beta * L_bce (docs/design.md, "The losses")."""
+
+    posterior: PosteriorLoss = Field(
+        "auto",
+        description="L_post. mse: MSE(mu_z, mean target) + lam * MSE(sigma_z, sigma*) | nll: MSE(mu_z, z) + "
+        "lam * Gaussian NLL of z under sigma_z with the mean held fixed, which calibrates sigma_z with no "
+        "target | none: labels only | auto: mse with the posterior-std columns, nll with latents only, "
+        "none without latents. The run's config.yaml records the choice.",
+    )
     lam: float = Field(1.0, ge=0.0, description="λ: weight of the sigma term inside L_post")
     alpha: float = Field(0.1, ge=0.0, description="α: weight of the policy loss")
     beta: float = Field(1.0, ge=0.0, description="β: weight of the next-day BCE")
-    sigma_target: Literal["posterior", "constant"] = "posterior"
-    sigma_constant: float = Field(0.5, gt=0.0)
-    # What the mean learns from under loss.posterior=mse, on the day as logged. truth: the latent state
-    # itself. posterior: the exact posterior mean (the post_mean_ columns), which has the same minimiser
-    # (the truth's mean given the inputs) without the truth's scatter around it, most of each step's
-    # gradient noise (Rao-Blackwellisation). Val, 3 seeds: AUC 0.990-0.992x Bayes against 0.987-0.990x,
-    # post_mse 1.012-1.019x the floor against 1.032-1.040x. auto: posterior when the data has those
-    # columns. The answer pass always learns from the truth (no column holds the posterior after answers),
-    # and validation's post_mse is always measured against the truth.
-    mean_target: Literal["auto", "truth", "posterior"] = "auto"
-    # auto: false with latent targets (labels train only w, b), true without (labels are all there is).
-    bce_into_encoder: bool | Literal["auto"] = "auto"
+    sigma_target: Literal["posterior", "constant"] = Field(
+        "posterior",
+        description="sigma* of posterior=mse: posterior (the data's posterior std) | constant.",
+    )
+    sigma_constant: float = Field(
+        0.5,
+        gt=0.0,
+        description="sigma* when sigma_target=constant (sigma_z then means nothing: prefer nll).",
+    )
+    mean_target: Literal["auto", "truth", "posterior"] = Field(
+        "auto",
+        description="What mu_z fits under posterior=mse on the day as logged. truth: z itself | posterior: "
+        "the exact posterior mean (post_mean_*), which has the same minimiser without the truth's scatter "
+        "around it (Rao-Blackwellisation; docs/results.md) | auto: posterior when the data has it. The "
+        "answer pass and val post_mse always use the truth.",
+    )
+    bce_into_encoder: bool | Literal["auto"] = Field(
+        "auto",
+        description="false: labels train only the prediction head w, b (mu_z read through a stop-gradient, "
+        "so the encoder cannot memorise noisy labels) | true: the BCE gradient flows into the encoder | "
+        "auto: true only when the posterior loss is none.",
+    )
 
 
 class PolicyConfig(_Section):
-    k: int = Field(3, ge=1, le=24)
-    # auto: query_value when the data has that column, else info_gain when it has answers, else uncertainty.
-    reward: Literal["auto", "uncertainty", "query_value", "info_gain"] = "auto"
-    # auto: logprob when the training data has the latent truth (ALINE's own estimator), else variance.
-    info_gain: Literal["auto", "variance", "logprob"] = "auto"
-    samples: int = Field(4, ge=1, le=64)
-    baseline: Literal["loo", "batch_mean", "none"] = "loo"
-    train_encoder: bool = False
-    # An hour is askable when its asked-feature cell is empty and every feature listed here is 0.
-    unaskable_when: list[str] = Field(default_factory=lambda: list(DEFAULT_UNASKABLE_WHEN))
-    random_reveal: float = Field(0.5, ge=0.0, le=1.0)
-    gain_windows: int = Field(128, ge=0)
+    """The asking policy and the loop that trains it (docs/design.md, "The asking loop")."""
+
+    k: int = Field(
+        3, ge=1, le=24, description="Hours the policy asks about per day, drawn from the question pool only."
+    )
+    reward: Literal["auto", "uncertainty", "query_value", "info_gain"] = Field(
+        "auto",
+        description="query_value: the simulator's exact cut in Var(w.z_23) | info_gain: ALINE's, the "
+        "model's own gain from the sampled answers (no oracle needed) | uncertainty: entropy(p_t) + 0.1 * "
+        "mean sigma_z,t | auto: query_value if the data has that column, else info_gain if it has answers, "
+        "else uncertainty.",
+    )
+    info_gain: Literal["auto", "variance", "logprob"] = Field(
+        "auto",
+        description="info_gain estimator. logprob: ALINE's, log q1(truth) - log q0(truth) of the forecast's "
+        "w.z_23 | variance: 0.5 log of the model's forecast variance before / after | auto: logprob when "
+        "the training data has the latent truth, else variance.",
+    )
+    samples: int = Field(
+        4, ge=1, le=64, description="Gumbel-top-k samples per window for the score-function estimator."
+    )
+    baseline: Literal["loo", "batch_mean", "none"] = Field(
+        "loo", description="loo (leave-one-out over the samples) | batch_mean | none."
+    )
+    train_encoder: bool = Field(False, description="false: the policy gradient trains only the policy head.")
+    unaskable_when: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_UNASKABLE_WHEN),
+        description="0/1 features under which an hour cannot be asked: an hour is askable when its "
+        "asked-feature cell is empty and each of these is 0.",
+    )
+    random_reveal: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of training windows whose answer pass reveals k random pool hours instead of "
+        "the policy's draw (teaches the posterior what any answer does).",
+    )
+    gain_windows: int = Field(
+        128,
+        ge=0,
+        description="Validation windows (lowest indices) whose one-answer gains give gain_spearman (24 "
+        "extra no-grad passes each); 0 disables it.",
+    )
 
     @model_validator(mode="after")
     def _loo_needs_two_samples(self) -> PolicyConfig:
@@ -271,47 +413,98 @@ def _known_metric(name: str) -> str:
     return name
 
 
-# The validation total loss (L_post + α·L_policy + β·L_bce) serves both heads that have a target: val AUC
-# plateaued and stopped runs while the posterior was still improving (benchmarks/bench_real_data.py).
+# The validation total loss (L_post + α·L_policy + β·L_bce) serves both heads that have a target, where
+# val AUC can stop a run while the posterior is still improving (docs/results.md).
 DEFAULT_SELECTION_METRIC = "loss"
 
 
 class EarlyStopConfig(_Section):
-    metric: str = DEFAULT_SELECTION_METRIC
-    patience: int | None = Field(5, ge=1)
-    min_delta: float = Field(0.0, ge=0.0)
+    """Early stopping on a validation metric."""
+
+    metric: str = Field(
+        DEFAULT_SELECTION_METRIC,
+        description="Validation metric watched (any metrics.csv val column; its direction is known). loss, "
+        "the val total, serves forecast and posterior alike (docs/results.md).",
+    )
+    patience: int | None = Field(
+        5, ge=1, description="Epochs without improvement before stopping; null disables early stopping."
+    )
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as an improvement.")
 
     _metric = field_validator("metric")(_known_metric)
 
 
 class CheckpointConfig(_Section):
-    metric: str = DEFAULT_SELECTION_METRIC
-    n_saved: int = Field(1, ge=1)
+    """The best checkpoint(s); last.pt is always kept as well."""
+
+    metric: str = Field(
+        DEFAULT_SELECTION_METRIC,
+        description="Validation metric that selects the best checkpoint (see early_stop.metric).",
+    )
+    n_saved: int = Field(1, ge=1, description="Best checkpoints kept.")
 
     _metric = field_validator("metric")(_known_metric)
 
 
 class LoggingConfig(_Section):
-    wandb: bool = False
-    wandb_project: str = "aline"
-    wandb_mode: Literal["online", "offline", "disabled"] = "offline"
-    progress: bool = True
+    """Console and Weights & Biases logging."""
+
+    wandb: bool = Field(False, description="Also log to Weights & Biases (pip install 'aline[wandb]').")
+    wandb_project: str = Field("aline", description="W&B project name.")
+    wandb_mode: Literal["online", "offline", "disabled"] = Field(
+        "offline", description="offline works without network; `wandb sync` uploads later."
+    )
+    progress: bool = Field(
+        True, description="Progress on the console (a bar on a terminal, lines elsewhere)."
+    )
 
 
 class DistConfig(_Section):
-    nproc_per_node: int = Field(1, ge=1, le=64)
-    backend: Literal["gloo", "nccl"] | None = None
-    start_method: Literal["auto", "spawn", "fork"] = "auto"
+    """Several processes (docs/design.md, "Several processes")."""
+
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="> 1 starts that many processes on this machine (gloo on CPU, nccl on GPU); under "
+        "torchrun leave it at 1.",
+    )
+    backend: Literal["gloo", "nccl"] | None = Field(
+        None, description="null: no process group for one process | gloo | nccl."
+    )
+    start_method: Literal["auto", "spawn", "fork"] = Field(
+        "auto",
+        description="How nproc_per_node > 1 starts its ranks. fork: rank 0 in this process, the others "
+        "forked from it, sharing its memory; safe only before any multi-threaded torch operation | spawn: "
+        "fresh interpreters | auto: fork CPU ranks on Linux under `python -m aline.train`, spawn when "
+        "train() is called from Python. Each of N ranks gets 1/N of the threads unless OMP_NUM_THREADS is "
+        "set.",
+    )
 
 
 class RunConfig(_Section):
-    dir: str = "runs"
-    name: str = Field("aline", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    """Where runs are written."""
+
+    dir: str = Field("runs", description="Runs root; each run writes <dir>/<UTC yyyymmdd-HHMMSS>-<name>/.")
+    name: str = Field(
+        "aline",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Run name suffix (letters, digits, . _ -).",
+    )
 
 
 class Config(_Section):
-    seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """The whole training configuration."""
+
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Seeds data order, initialisation and policy sampling (same seed, same run on CPU).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto (cuda if available, else cpu) | cpu | cuda."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -377,117 +570,27 @@ class Config(_Section):
 # --- loading ------------------------------------------------------------------------------------------
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["optim.lr=3e-4", "policy.k=5"]`` into a nested dict; values are parsed as YAML scalars."""
-    tree: dict[str, Any] = {}
-    problems = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(f"override {item!r}: expected key=value, e.g. optim.lr=3e-4")
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                problems.append(f"override {item!r}: {part!r} is a value, not a section")
-                break
-        else:
-            node[leaf] = value
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return tree
+def load_config(
+    path: str | Path | list[str | Path] | tuple[str | Path, ...] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Load ``path`` (YAML; built-in defaults when None), apply overrides, validate everything at once.
 
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _override_keys(overrides: list[str]) -> dict[tuple[str, ...], str]:
-    """Dotted key path → the override text that set it, so errors can name the override, not the file."""
-    out = {}
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if sep and key:
-            out[tuple(key.split("."))] = item
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load ``path`` (YAML; built-in defaults when None), apply overrides, validate everything at once."""
+    ``path`` may be several files, applied in order: a later file's keys override an earlier one's (an
+    encoder preset from ``configs/model/`` on top of a cohort's config). Overrides win over every file.
+    """
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"config file {path}: cannot read it ({err.strerror or err})") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    files: dict[tuple[str, ...], str] = {}  # key path -> the file that set it last
+    for one in paths:
+        tree = read_yaml_file(one)
+        raw = merge(raw, tree)
+        files.update((key, str(one)) for key in key_paths(tree))
+    source = ", ".join(map(str, paths)) or "defaults"
     overrides = list(overrides)
-    raw = _merge(raw, parse_overrides(overrides))
+    raw = merge(raw, parse_overrides(overrides))
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, _override_keys(overrides))) from None
-
-
-def format_validation_error(
-    err: ValidationError, source: str, overrides: dict[tuple[str, ...], str] | None = None
-) -> str:
-    """One line per problem; a problem whose key (or a section above it) was set on the command line
-    names that override, the others name ``source`` (the YAML file, or the defaults)."""
-    overrides = overrides or {}
-    lines = [f"invalid config: {err.error_count()} problem(s)"]
-    for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
-        key = ".".join(loc)
-        origin = _origin(loc, overrides, source)
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key{_did_you_mean(e['loc'])} (from {origin})")
-            continue
-        got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key or '<top>'}: {msg}{shown} (from {origin})")
-    return "\n".join(lines)
-
-
-def _origin(loc: tuple[str, ...], overrides: dict[tuple[str, ...], str], source: str) -> str:
-    # The key itself or a section above it set on the command line; for a check over a whole section
-    # (loc = the section), the overrides inside it.
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in overrides:
-            return f"override {overrides[loc[:n]]!r}"
-    inside = [text for key, text in overrides.items() if loc and key[: len(loc)] == loc]
-    if inside:
-        return "override " + ", ".join(map(repr, inside))
-    return source if source == "defaults" else f"config file {source}"
-
-
-def _did_you_mean(loc: tuple[Any, ...]) -> str:
-    model: type[BaseModel] = Config
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return ""
-        model = ann
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
-    return f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))!r}?" if close else ""
+        message = format_validation_error(err, source, override_keys(overrides), Config, files)
+        raise ConfigError(message) from None

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from aline import contract
 from aline.config import SPLITS, Config, ConfigError, load_config
+from aline.config_doc import keys_help
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, feature_report, load_splits, return_freed_memory
 from aline.data.dataset import Normalizer, WindowDataset
@@ -473,21 +475,29 @@ def _read_status(run_dir: Path) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aline.train",
-        description=(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
             "Train the simplified ALINE model (posterior fit + query policy + next-day BCE) with "
             "pytorch-ignite. Writes runs/<UTC yyyymmdd-HHMMSS>-<run.name>/ (metrics.csv, status.json, "
             "checkpoints/, ...), which `streamlit run app/monitor.py` shows live. With no data in ./data, "
-            "simulates it first."
+            "simulates it first.",
+            110,
         ),
-        epilog=(
+        epilog=textwrap.fill(
             "Overrides are KEY=VALUE pairs with dotted keys, parsed as YAML values, e.g. optim.lr=3e-4 "
-            "trainer.epochs=5 policy.reward=query_value dist.nproc_per_node=2 dist.backend=gloo. Every key "
-            "is documented in configs/train.yaml. Exit codes: 0 success, 2 invalid config or data, "
-            "1 failure during training."
-        ),
+            "trainer.epochs=5 policy.reward=query_value dist.nproc_per_node=2 dist.backend=gloo. Exit codes: "
+            "0 success, 2 invalid config or data, 1 failure during training.",
+            110,
+        )
+        + "\n\n"
+        + keys_help(),
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="YAML config (default: built-in defaults = configs/train.yaml)"
+        "--config",
+        metavar="FILE",
+        action="append",
+        help="YAML config (default: the built-in defaults, as in configs/train.yaml); repeat it to layer "
+        "files, a later one's keys over an earlier one's (a cohort config, then configs/model/kalman.yaml)",
     )
     parser.add_argument(
         "--resume",

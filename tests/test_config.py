@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from aline.config import Config, ConfigError, load_config, parse_overrides
+from aline.config_doc import defaults_yaml, describe
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+TRAIN_YAML = ROOT / "configs" / "train.yaml"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_shipped_config_loads(path: Path) -> None:
     cfg = load_config(path)
     assert isinstance(cfg, Config)
@@ -21,7 +26,56 @@ def test_every_shipped_config_loads(path: Path) -> None:
 
 def test_train_yaml_documents_the_defaults() -> None:
     # configs/train.yaml claims its values are the built-in defaults; keep that claim true.
-    assert load_config(Path(__file__).parents[1] / "configs" / "train.yaml") == Config()
+    assert load_config(TRAIN_YAML) == Config()
+
+
+def _yaml_leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "answers":  # answers is a mapping-valued key, not a section
+            out.update(_yaml_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_train_yaml_holds_every_key_at_its_default_under_its_description() -> None:
+    # One description per key, written in aline/config.py: the YAML is rendered from it and cannot drift.
+    text = TRAIN_YAML.read_text(encoding="utf-8")
+    assert text == defaults_yaml(), "regenerate: python -m aline.config_doc > configs/train.yaml"
+    docs = describe()
+    assert _yaml_leaves(yaml.safe_load(text)) == {d.key: d.default for d in docs}
+    flat = " ".join(line.strip().lstrip("# ") for line in text.splitlines())
+    for doc in docs:
+        assert doc.description, f"{doc.key} has no description"
+        assert " ".join(doc.description.split()) in flat, doc.key
+
+
+def test_help_lists_every_key_with_its_default_and_description() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "aline.train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = " ".join(out.split())
+    for doc in describe():
+        assert f"{doc.key} [" in out, doc.key
+        assert " ".join(doc.description.split()) in flat, doc.key
+    assert "--config FILE" in out and "--resume RUN_DIR" in out and "--init-from RUN_DIR" in out
+
+
+def test_presets_layer_over_a_config_and_overrides_win(tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort.yaml"
+    cohort.write_text(yaml.safe_dump({"data": {"prefix": "cohort"}, "trainer": {"epochs": 3}}))
+    preset = ROOT / "configs" / "model" / "kalman.yaml"
+    cfg = load_config([cohort, preset], ["trainer.batch_size=32"])
+    assert cfg.model.encoder == "kalman" and cfg.optim.lr == pytest.approx(1e-2)  # from the preset
+    assert (cfg.data.prefix, cfg.trainer.epochs) == ("cohort", 3)  # from the first file
+    assert cfg.trainer.batch_size == 32  # the override over the preset's 256
+    # A later file wins over an earlier one key by key, and a bad value names the file that set it.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"optim": {"lr": -1}}))
+    with pytest.raises(ConfigError) as err:
+        load_config([cohort, preset, bad])
+    assert "optim.lr: " in str(err.value) and f"(from config file {bad})" in str(err.value)
 
 
 def test_overrides_are_typed_and_nested() -> None:
@@ -142,3 +196,21 @@ def test_kalman_measurements_default_to_the_sensors_and_diaries_and_must_name_fe
     assert load_config(None, ["model.encoder=gru", "model.measurements=[hr_var]"]).model.measurements == [
         "hr_var"
     ]
+
+
+def test_cli_layers_repeated_config_files(tmp_path: Path) -> None:
+    # --config may be repeated; the second file's bad value is reported against that file, before any work.
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({"run": {"dir": str(tmp_path / "runs")}}))
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump({"policy": {"k": 99}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "aline.train", "--config", str(first), "--config", str(second)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "policy.k: " in proc.stderr and f"(from config file {second})" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
