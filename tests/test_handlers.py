@@ -535,7 +535,7 @@ def _build_run(run_dir, sched_name="cosine", max_epochs=6):
     }
     last = H.LastCheckpoint(H.last_checkpoint_path(run_dir), to_save)
     H.attach_last_checkpoint(trainer, last)
-    H.attach_status(trainer, status, last)
+    H.attach_status(trainer, status)
     return types.SimpleNamespace(
         trainer=trainer,
         loader=loader,
@@ -615,7 +615,7 @@ def test_last_checkpoint_keeps_the_last_epoch_boundary_on_failure(tmp_path):
     trainer = Engine(step)
     last = H.LastCheckpoint(H.last_checkpoint_path(tmp_path), {"model": model, "trainer": trainer})
     H.attach_last_checkpoint(trainer, last)
-    H.attach_status(trainer, H.RunStatus(tmp_path / "status.json"), last)
+    H.attach_status(trainer, H.RunStatus(tmp_path / "status.json"))
     with pytest.raises(RuntimeError, match="disk on fire"):
         trainer.run(range(2), max_epochs=4)
     ckpt = torch.load(H.last_checkpoint_path(tmp_path), weights_only=True)
@@ -640,7 +640,7 @@ def test_run_stopped_in_its_first_epoch_is_resumable_from_the_start(tmp_path):
     trainer = Engine(step)
     last = H.LastCheckpoint(H.last_checkpoint_path(tmp_path), {"model": model, "trainer": trainer})
     H.attach_last_checkpoint(trainer, last)
-    H.attach_status(trainer, H.RunStatus(tmp_path / "status.json"), last)
+    H.attach_status(trainer, H.RunStatus(tmp_path / "status.json"))
     with pytest.raises(KeyboardInterrupt):
         trainer.run(range(3), max_epochs=2)
     ckpt = torch.load(H.last_checkpoint_path(tmp_path), weights_only=True)

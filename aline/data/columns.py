@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
 from aline.config import ColumnsConfig
-from aline.data.errors import DataError, is_parquet
+from aline.data.errors import DataError
 
 # A column only the simulator's files have, and default features the simulator has not always written: a
 # file with the first and without some of the second was written by an older simulator.
 SIMULATOR_MARK = "p_bayes"
 ADDED_TO_SIMULATOR = frozenset({"usual_caffeine_mg"})
-
-
-def read_header(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if is_parquet(path):
-        from aline.data.parquet_input import parquet_header  # imports this module: load it lazily
-
-        return parquet_header(path)
-    with path.open("rb") as fh:
-        raw = fh.readline()
-    try:
-        first = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: line 1: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if not first.strip():
-        raise DataError(f"{path}: the file is empty (expected a header line with column names)")
-    # Names are kept exactly as written (pyarrow matches them so): " hour" is not "hour", and the
-    # missing-column message then suggests the near miss.
-    return next(csv.reader([first.rstrip("\r\n")]))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,21 @@ from aline.data.layout import Irregular
 PARSE_THREADS = True
 
 
+def csv_header(path: Path) -> list[str]:
+    """The column names on a CSV file's first line, exactly as written."""
+    with path.open("rb") as fh:
+        raw = fh.readline()
+    try:
+        first = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: line 1: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not first.strip():
+        raise DataError(f"{path}: the file is empty (expected a header line with column names)")
+    # Names are kept exactly as written (pyarrow matches them so): " hour" is not "hour", and the
+    # missing-column message then suggests the near miss.
+    return next(csv.reader([first.rstrip("\r\n")]))
+
+
 def _case_variants(word: str) -> list[str]:
     out = [""]
     for ch in word:

@@ -12,11 +12,11 @@ import pyarrow as pa
 
 from aline.config import ColumnsConfig
 from aline.contract import HOURS
-from aline.data.columns import ReadPlan, plan_columns, read_header
-from aline.data.csv_input import CsvPieces, parse_csv, split_csv
+from aline.data.columns import ReadPlan, plan_columns
+from aline.data.csv_input import CsvPieces, csv_header, parse_csv, split_csv
 from aline.data.errors import DataError, bad_rows_error, fmt_value, is_parquet
 from aline.data.layout import HourlyGroup, Irregular, fill_groups
-from aline.data.parquet_input import iter_batches, read_parquet
+from aline.data.parquet_input import iter_batches, parquet_header, read_parquet
 from aline.data.validate import check_values, id_codes, numeric_numpy, window_order
 
 
@@ -45,6 +45,13 @@ class RawSplit:
 
     def __len__(self) -> int:
         return int(self.window_id.shape[0])
+
+
+def read_header(path: Path) -> list[str]:
+    """A split file's column names; the extension picks the format."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return parquet_header(path) if is_parquet(path) else csv_header(path)
 
 
 def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: bool = True) -> RawSplit:

@@ -168,7 +168,7 @@ def attach_all(
     cleanup: list[Callable[[], Any]] = [metrics_csv.close, calibration_csv.close, topk_csv.close]
     if wb is not None:
         cleanup.append(wb.close)
-    attach_status(trainer, status, last, cleanup)
+    attach_status(trainer, status, cleanup)
     if cfg.logging.progress and _is_writer():
         # A bar on a terminal; a plain line every 10 % of an epoch when stderr is a file or a pipe.
         attach_progress(trainer, ["loss"])

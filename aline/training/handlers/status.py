@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -29,9 +29,6 @@ from aline.contract import (
     write_json_atomic,
 )
 from aline.training.handlers.common import LOGGER_NAME, _is_writer, _number
-
-if TYPE_CHECKING:
-    from aline.training.handlers.checkpoints import LastCheckpoint
 
 # --- status.json ------------------------------------------------------------------------------------------
 
@@ -199,7 +196,6 @@ def _nonfinite_output(output: Any) -> bool:
 def attach_status(
     trainer: Engine,
     status: RunStatus,
-    last_checkpoint: LastCheckpoint | None = None,
     cleanup: Sequence[Callable[[], Any]] = (),
 ) -> None:
     """Keep ``status.json`` in step with the trainer.
