@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -60,3 +61,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def restore_aline_logger():
+    """setup_logging() reconfigures the process-wide 'aline' logger; give other test files a clean one."""
+    yield
+    logger = logging.getLogger("aline")
+    for handler in [h for h in logger.handlers if getattr(h, "_aline", False)]:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-from gaussref import condition, joint_prior
+from helpers.gaussref import condition, joint_prior
 
 from aline.config import DEFAULT_LATENTS
 from aline.simulate import simulate

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gaussref import condition as _condition
-from gaussref import joint_prior as _joint_prior
+from helpers.gaussref import condition as _condition
+from helpers.gaussref import joint_prior as _joint_prior
 
 from aline.simulator.kalman import smooth
 

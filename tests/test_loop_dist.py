@@ -12,11 +12,11 @@ import pickle
 import socket
 from pathlib import Path
 
-import gloohelp
 import ignite.distributed as idist
 import pytest
 import torch
-from evalhelp import make_frame
+from helpers import gloohelp
+from helpers.evalhelp import make_frame
 
 from aline.config import load_config
 from aline.data import read_split

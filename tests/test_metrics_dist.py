@@ -8,11 +8,11 @@ import pickle
 import socket
 from pathlib import Path
 
-import gloohelp
 import ignite.distributed as idist
 import numpy as np
 import pytest
 import torch
+from helpers import gloohelp
 from ignite.engine import Engine
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DistributedSampler

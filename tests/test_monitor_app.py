@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_fixtures import (
+from helpers.monitor_fixtures import (
     HEADER,
     ORACLE,
     FixtureRun,
@@ -353,7 +353,7 @@ def test_page_does_not_import_torch(tmp_path) -> None:
 
 
 def test_choices_survive_new_epochs_and_new_runs(one_run, monkeypatch) -> None:
-    from monitor_fixtures import calibration_rows
+    from helpers.monitor_fixtures import calibration_rows
 
     root, fx = one_run
     at = start(root, monkeypatch)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_fixtures import HEADER, append_lines, csv_line, tiny_real_run, train_row, write_run
+from helpers.monitor_fixtures import HEADER, append_lines, csv_line, tiny_real_run, train_row, write_run
 
 from aline import contract as C
 
@@ -75,7 +75,7 @@ OWNER = """
 import sys, time
 sys.path[:0] = [{tests!r}]
 from pathlib import Path
-from monitor_fixtures import write_status
+from helpers.monitor_fixtures import write_status
 for i in range(300):
     write_status(Path({run!r}), epoch=3, max_epochs=10)
     if i == 0:

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from monitor_fixtures import (
+from helpers.monitor_fixtures import (
     HEADER,
     append_lines,
     calibration_rows,

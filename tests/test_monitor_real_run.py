@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from monitor_fixtures import tiny_real_run
+from helpers.monitor_fixtures import tiny_real_run
 from streamlit.testing.v1 import AppTest
 
 from aline import contract as C

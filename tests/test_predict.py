@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from evalhelp import make_run
+from helpers.evalhelp import make_run
 
 from aline import contract, evaluate, predict
 from aline.config import DEFAULT_FEATURES, load_config

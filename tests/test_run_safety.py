@@ -1,7 +1,7 @@
 """Run-folder safety (issue 9): one writer per run, exactly-once logs after any crash, named faults,
 truthful divergence reports, exit codes known before the first step, a monitor that stays local.
 
-Real training processes on tiny simulated data; faults are injected by tests/run_safety_driver.py.
+Real training processes on tiny simulated data; faults are injected by tests/helpers/run_safety_driver.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from aline import contract
 from aline.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVER = ROOT / "tests" / "run_safety_driver.py"
+DRIVER = ROOT / "tests" / "helpers" / "run_safety_driver.py"
 TINY = [
     "model.d_model=16",
     "model.heads=2",

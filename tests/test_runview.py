@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_fixtures import HEADER, append_lines, csv_line, train_row, write_half_run, write_run
+from helpers.monitor_fixtures import HEADER, append_lines, csv_line, train_row, write_half_run, write_run
 
 from aline import contract as C
 from aline.monitor.runview import RunData, list_runs, read_status, resolve_run, runs_root_from, summarize

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from monitor_fixtures import write_run
+from helpers.monitor_fixtures import write_run
 
 from aline.monitor.sharedruns import SharedRuns, locked
 

@@ -96,7 +96,7 @@ def test_meta_figures_equal_sklearn_on_written_columns(small):
 
 def test_written_posterior_equals_brute_force_from_the_csv(small):
     """Rebuild the model of two windows from the CSV and the meta's parameters; condition directly."""
-    from gaussref import condition, joint_prior
+    from helpers.gaussref import condition, joint_prior
 
     _, meta, frames = small
     P = {k: np.asarray(v) for k, v in meta["model"]["params"].items()}

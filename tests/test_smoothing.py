@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from monitor_fixtures import tensorboard_smooth
+from helpers.monitor_fixtures import tensorboard_smooth
 
 from aline.monitor.smoothing import debiased_ema
 

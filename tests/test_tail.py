@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_fixtures import csv_line, train_row, val_row
+from helpers.monitor_fixtures import csv_line, train_row, val_row
 
 import aline.monitor.tail as tail_mod
 from aline import contract as C

@@ -1,4 +1,4 @@
-"""``python tests/run_safety_driver.py HOOK [train args]``: ``aline.train.main`` with one fault injected.
+"""``python tests/helpers/run_safety_driver.py HOOK [train args]``: ``aline.train.main``, one fault injected.
 
 Used by tests/test_run_safety.py to stop a real training process at exact points. HOOK is one of
 
