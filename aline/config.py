@@ -2,6 +2,9 @@
 
 ``load_config`` is the only entry point the CLI needs. Every problem (unknown key, wrong type, value out of
 range) is collected into one :class:`ConfigError` before any work starts, so a user fixes a config in one go.
+
+Each key's default and description are written here once, in its ``Field``: ``configs/train.yaml`` and
+``python -m aline.train --help`` are rendered from them (:mod:`aline.config_doc`).
 """
 
 from __future__ import annotations
