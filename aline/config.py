@@ -119,6 +119,11 @@ class DataConfig(_Section):
     dir: str = DEFAULT_DATA_DIR
     prefix: str = DEFAULT_PREFIX
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    # Whether training reads no reference column (post_mean_*, post_std_*, query_value, p_bayes, p_true):
+    # what a cohort without a simulator has. true: train's reference columns are ignored (val and test
+    # keep theirs, to score the run). auto or false: train uses what its file holds. The run's
+    # config.yaml and status.json record the outcome (true when train used none).
+    oracle_free: bool | Literal["auto"] = "auto"
 
     def split_path(self, split: str) -> Path:
         """``<prefix>_<split>.parquet`` when that file exists, else ``<prefix>_<split>.csv``; the file's
@@ -244,10 +249,15 @@ class LossConfig(_Section):
 
 class PolicyConfig(_Section):
     k: int = Field(3, ge=1, le=24)
-    # auto: query_value when the data has that column, else info_gain when it has answers, else uncertainty.
-    reward: Literal["auto", "uncertainty", "query_value", "info_gain"] = "auto"
+    # auto: query_value when the training data has that column; else, with answers, info_gain when it has
+    # the latent truth and label_gain when it has labels only; else uncertainty.
+    reward: Literal["auto", "uncertainty", "query_value", "info_gain", "label_gain"] = "auto"
     # auto: logprob when the training data has the latent truth (ALINE's own estimator), else variance.
     info_gain: Literal["auto", "variance", "logprob"] = "auto"
+    # label_gain's form. observed: log p1(y) - log p0(y) at the window's own label. expected: its mean over
+    # y under the model's forecast after the answers, KL(p1 || p0), which needs no label and carries none
+    # of its noise (the same expectation when that forecast is calibrated).
+    label_gain: Literal["observed", "expected"] = "observed"
     samples: int = Field(4, ge=1, le=64)
     baseline: Literal["loo", "batch_mean", "none"] = "loo"
     train_encoder: bool = False
