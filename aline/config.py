@@ -165,6 +165,13 @@ class DataConfig(_Section):
         DEFAULT_PREFIX, description="File name prefix: <prefix>_train.csv, ..., <prefix>_meta.json."
     )
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    oracle_free: bool | Literal["auto"] = Field(
+        "auto",
+        description="Whether training reads no reference column (post_mean_*, post_std_*, query_value, "
+        "p_bayes, p_true), as on a cohort without a simulator. true: train's reference columns are ignored "
+        "(val and test keep theirs, to score the run) | auto or false: train uses what its file holds. "
+        "config.yaml and status.json record the outcome (true when training read none).",
+    )
 
     def split_path(self, split: str) -> Path:
         """``<prefix>_<split>.parquet`` when that file exists, else ``<prefix>_<split>.csv``; the file's
@@ -362,11 +369,13 @@ class PolicyConfig(_Section):
     k: int = Field(
         3, ge=1, le=24, description="Hours the policy asks about per day, drawn from the question pool only."
     )
-    reward: Literal["auto", "uncertainty", "query_value", "info_gain"] = Field(
+    reward: Literal["auto", "uncertainty", "query_value", "info_gain", "label_gain"] = Field(
         "auto",
         description="query_value: the simulator's exact cut in Var(w.z_23) | info_gain: ALINE's, the "
-        "model's own gain from the sampled answers (no oracle needed) | uncertainty: entropy(p_t) + 0.1 * "
-        "mean sigma_z,t | auto: query_value if the data has that column, else info_gain if it has answers, "
+        "model's own gain on the latent truth from the sampled answers | label_gain: how much the answers "
+        "raise the model's log-likelihood of the observed next-day label (no oracle, no latent truth) | "
+        "uncertainty: entropy(p_t) + 0.1 * mean sigma_z,t | auto: query_value if the training data has "
+        "that column; else, with answers, info_gain if it has the latent truth and label_gain if not; "
         "else uncertainty.",
     )
     info_gain: Literal["auto", "variance", "logprob"] = Field(
@@ -374,6 +383,12 @@ class PolicyConfig(_Section):
         description="info_gain estimator. logprob: ALINE's, log q1(truth) - log q0(truth) of the forecast's "
         "w.z_23 | variance: 0.5 log of the model's forecast variance before / after | auto: logprob when "
         "the training data has the latent truth, else variance.",
+    )
+    label_gain: Literal["observed", "expected"] = Field(
+        "observed",
+        description="label_gain estimator. observed: log p1(y) - log p0(y) at the window's own label | "
+        "expected: its mean over y under the forecast after the answers, KL(p1 || p0): no label noise, the "
+        "same expectation when that forecast is calibrated.",
     )
     samples: int = Field(
         4, ge=1, le=64, description="Gumbel-top-k samples per window for the score-function estimator."
@@ -385,7 +400,8 @@ class PolicyConfig(_Section):
     unaskable_when: list[str] = Field(
         default_factory=lambda: list(DEFAULT_UNASKABLE_WHEN),
         description="0/1 features under which an hour cannot be asked: an hour is askable when its "
-        "asked-feature cell is empty and each of these is 0.",
+        "asked-feature cell is empty and each of these is 0, whatever an answer column holds (answers at "
+        "other hours are dropped with a warning).",
     )
     random_reveal: float = Field(
         0.5,

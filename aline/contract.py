@@ -64,6 +64,7 @@ VAL_ONLY_COLUMNS = (
     "post_mse",
     "sigma_mae",
     "policy_value",  # share of the oracle's query value that the policy's top-k pool hours hold
+    "policy_set_value",  # exact variance cut of the policy's set / that of the greedy oracle's set
     "ask_outside_pool",  # share of the policy's asks outside the question pool (must be 0)
     "brier_asked",  # Brier of p_next after the policy's top-k answers are revealed
     "auc_asked",  # ROC AUC of the same
@@ -79,6 +80,7 @@ HIGHER_IS_BETTER = {
     "auc": True,
     "pr_auc": True,
     "policy_value": True,
+    "policy_set_value": True,
     "auc_asked": True,
     "gain_spearman": True,
 }

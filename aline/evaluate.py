@@ -53,6 +53,10 @@ class EvalResult:
     figures: list[Path]
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def _rel(path: Path | None, root: Path | None) -> str | None:
     if path is None:
         return None
@@ -98,9 +102,17 @@ def evaluate(
     cols = predictor.cfg.data.columns
     k = predictor.k
     path = _split_path(predictor, split, data_dir)
-    raw = read_split(path, cols, require_targets=True)
-    train = raw if split == "train" else read_split(_split_path(predictor, "train", data_dir), cols)
-    pred = predictor.predict_raw(raw)
+    warn = _stderr
+    raw = predictor.without_unaskable_answers(read_split(path, cols, require_targets=True), warn)
+    train = (
+        raw
+        if split == "train"
+        else predictor.without_unaskable_answers(
+            read_split(_split_path(predictor, "train", data_dir), cols), warn
+        )
+    )
+    # The day as logged; the pool is the hours with an answer to reveal, as in training.
+    pred = predictor.predict_raw(raw, reveal_answers=False)
 
     y = raw.y.astype(np.float64)  # [N]
     z = None if raw.z is None else raw.z.astype(np.float64)  # [N, 24, Z]; None: labels-only data
@@ -364,8 +376,17 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"  {name:<16}{_num(report['policy'][name])}  {notes.get(name, '')}".rstrip())
     asking = report.get("asking")
     if asking:
-        cols = ("query_value_share", "outside_pool", "brier_model", "brier_bayes", "auc_model", "auc_bayes")
-        heads = ("qv share", "outside", "brier", "brier*", "auc", "auc*")
+        cols = (
+            "query_value_share",
+            "set_share",
+            "outside_pool",
+            "brier_model",
+            "log_loss_model",
+            "auc_model",
+            "brier_bayes",
+            "auc_bayes",
+        )
+        heads = ("qv share", "set shr", "outside", "brier", "logloss", "auc", "brier*", "auc*")
         lines += [
             "",
             "asking: forecasts after each strategy's answers (* = exact Bayes with the same answers)",
@@ -373,6 +394,12 @@ def format_summary(report: dict[str, Any]) -> str:
         ]
         for name, entry in asking.items():
             lines.append(f"  {name:<16}" + "".join(_num(entry.get(c)) for c in cols))
+        for pair, rules in ((report.get("asking_detail") or {}).get("paired") or {}).items():
+            for rule, b in rules.items():
+                lines.append(
+                    f"  {pair.replace('_', ' ')} ({rule}): {b['mean']:+.5f}, "
+                    f"{b['level']:.0%} interval [{b['lo']:+.5f}, {b['hi']:+.5f}]"
+                )
         rho = (report.get("asking_detail") or {}).get("gain_spearman")
         lines.append(f"  one-answer gain Spearman (model vs exact, median over windows): {_num(rho).strip()}")
     return "\n".join(lines)

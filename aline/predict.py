@@ -21,7 +21,7 @@ import re
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +33,16 @@ from aline import contract
 from aline.config import Config, ConfigError, load_config
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, read_split
-from aline.data.dataset import Normalizer
-from aline.model.asking import forecast_moments, one_answer_gains, pool_mask, pool_topk, reveal
+from aline.data.dataset import Normalizer, answer_channel
+from aline.model.asking import (
+    drop_unaskable_answers,
+    forecast_moments,
+    has_answer_channel,
+    one_answer_gains,
+    pool_mask,
+    pool_topk,
+    reveal,
+)
 from aline.model.network import AlineModel, build_model
 from aline.training.losses import uncertainty_reward
 
@@ -44,6 +52,12 @@ if TYPE_CHECKING:
 DEFAULT_BATCH_SIZE = 1024
 
 __all__ = ["Prediction", "Predictor", "RunError", "find_checkpoint", "load", "load_state_dict", "main"]
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message.removeprefix("warning: "), UserWarning, stacklevel=3)
 
 
 class RunError(ValueError):
@@ -274,29 +288,71 @@ class Predictor:
                 raise DataError(str(err).replace(str(path), "input DataFrame")) from None
         return raw
 
-    def predict(self, data: pd.DataFrame | str | Path) -> Prediction:
+    def predict(
+        self,
+        data: pd.DataFrame | str | Path,
+        *,
+        answers: bool = False,
+        warn: Callable[[str], None] | None = None,
+    ) -> Prediction:
         """Per window the next-day probability and top-k hours, per hour the posterior of Z.
 
         ``data`` needs the window id, hour and feature columns of the run's config (missing cells allowed:
-        empty, NA, NaN, null); every other column is ignored. Window ids may be any text or integers and
-        come back exactly as written. Invalid input raises :class:`aline.data.DataError`. The proposed hours
-        are askable ones only (:func:`aline.model.asking.pool_mask`). Answers are just data: fill the asked
-        feature's cells at those hours and predict again for the updated forecast.
+        empty, NA, NaN, null); every other column is ignored, except, with ``answers=True``, the answer
+        column (the run's ``data.columns.answers``, e.g. ``ask_symptom_score``): its filled cells are the
+        patient's answers to the questions asked so far. They go into the model as answers, never as
+        logged values, and the proposed hours are then askable ones not answered yet. Window ids may be
+        any text or integers and come back exactly as written. Invalid input raises
+        :class:`aline.data.DataError`. An answer at an hour that cannot be asked is dropped, with a warning
+        through ``warn`` (default: :func:`warnings.warn`).
         """
-        return self.predict_raw(self.read(data))
+        raw = self.read(data)
+        if not answers:
+            import dataclasses
 
-    def pool(self, raw: RawSplit) -> np.ndarray:
-        """The question pool of ``raw`` under the run's config. ``[N, 24]`` bool"""
-        return pool_mask(raw, self.cfg.data.columns.asked_feature, self.cfg.policy.unaskable_when)
+            raw = dataclasses.replace(raw, answers=None, asked_feature=None)
+        elif raw.answers is None:
+            raise DataError(
+                f"{raw.path}: answers were asked for, but the input has no answer column "
+                f"({', '.join(self.cfg.data.columns.answers or {}) or 'the run asks no question'}: "
+                f"{', '.join((self.cfg.data.columns.answers or {}).values()) or '-'})"
+            )
+        raw = self.without_unaskable_answers(raw, warn=warn or _warn)
+        return self.predict_raw(raw)
+
+    def pool(self, raw: RawSplit, *, deployment: bool = False) -> np.ndarray:
+        """The question pool of ``raw`` under the run's config (:func:`aline.model.asking.pool_mask`):
+        hours with an answer to reveal, or with ``deployment`` the hours that can still be asked.
+        ``[N, 24]`` bool"""
+        cfg = self.cfg
+        return pool_mask(
+            raw, cfg.data.columns.asked_feature, cfg.policy.unaskable_when, deployment=deployment
+        )
+
+    def without_unaskable_answers(self, raw: RawSplit, warn=None) -> RawSplit:
+        """``raw`` without answers at hours nobody can be asked (warned about through ``warn``)."""
+        raw, dropped = drop_unaskable_answers(raw, self.cfg.policy.unaskable_when)
+        if dropped and warn is not None:
+            warn(
+                f"warning: {raw.path}: dropped {dropped} answer(s) at hours that cannot be asked "
+                f"(policy.unaskable_when={self.cfg.policy.unaskable_when})"
+            )
+        return raw
+
+    def inputs(self, raw: RawSplit) -> tuple[np.ndarray, np.ndarray]:
+        """The model's inputs for ``raw``: normalised features and mask, with the empty answer channel when
+        the run has one. ``[N, 24, F (+1)]`` float32 each"""
+        x, mask = self.normalizer.transform(raw.features)
+        return answer_channel(x, mask) if has_answer_channel(self.cfg) else (x, mask)
 
     def _answer_inputs(self, raw: RawSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        if raw.answers is None:
+        if raw.answers is None or not has_answer_channel(self.cfg):
             raise DataError(f"{raw.path}: no answer column ({self.cfg.data.columns.answers}) to reveal")
-        x, mask = self.normalizer.transform(raw.features)
+        x, mask = self.inputs(raw)
         j = self.normalizer.feature_names.index(raw.asked_feature)
         scaled = (raw.answers - self.normalizer.mean[j]) / self.normalizer.std[j]
         answer = np.where(np.isnan(raw.answers), 0.0, scaled).astype(np.float32)  # [N, 24]
-        return x, mask, answer, j
+        return x, mask, answer, x.shape[-1] - 1  # the answer channel is the last column
 
     @torch.no_grad()
     def one_answer_gains(self, raw: RawSplit, pool: np.ndarray | None = None) -> np.ndarray:
@@ -325,6 +381,27 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0, contract.HOURS))
 
     @torch.no_grad()
+    def one_answer_forecasts(self, raw: RawSplit, pool: np.ndarray) -> np.ndarray:
+        """p_next after each single pool hour's answer alone. ``[N, 24]`` float64, NaN off the pool."""
+        x, mask, answer, j = self._answer_inputs(raw)
+        hours = contract.HOURS
+        eye = np.eye(hours, dtype=bool)  # row h reveals hour h
+        step = max(1, self.batch_size // hours)  # each window becomes 24 inputs
+        out = []
+        for start in range(0, x.shape[0], step):
+            sl = slice(start, start + step)
+            b = x[sl].shape[0]
+            xb = torch.from_numpy(np.repeat(x[sl], hours, axis=0))  # [b*24, 24, F+1]
+            mb = torch.from_numpy(np.repeat(mask[sl], hours, axis=0))
+            ab = torch.from_numpy(np.repeat(answer[sl], hours, axis=0))  # [b*24, 24]
+            asked = torch.from_numpy(np.tile(eye, (b, 1)) & np.repeat(pool[sl], hours, axis=0))
+            xb, mb = reveal(xb, mb, ab, asked, j)
+            p = self.model(xb.to(self.device), mb.to(self.device)).p_next.double().cpu().numpy()
+            out.append(p.reshape(b, hours))
+        p1 = np.concatenate(out) if out else np.zeros((0, hours))
+        return np.where(pool, p1, np.nan)
+
+    @torch.no_grad()
     def forecast_after(self, raw: RawSplit, asked: np.ndarray) -> np.ndarray:
         """p_next after revealing the answers (``raw.answers``) of the ``asked`` hours ``[N, 24]``. ``[N]``"""
         x, mask, answer, j = self._answer_inputs(raw)
@@ -343,18 +420,30 @@ class Predictor:
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
     @torch.no_grad()
-    def predict_raw(self, raw: RawSplit) -> Prediction:
-        """Forward pass over an already validated split, ``batch_size`` windows at a time."""
+    def predict_raw(self, raw: RawSplit, *, reveal_answers: bool = True) -> Prediction:
+        """Forward pass over an already validated split, ``batch_size`` windows at a time.
+
+        ``reveal_answers`` (deployment): the split's answers go into the model and the proposals are the
+        askable hours not answered yet. Without it (evaluation) the day is read as logged and the pool is
+        the hours that have an answer to reveal, as in training.
+        """
         self.normalizer.check_features(raw.feature_names, where=str(raw.path))
-        x, mask = self.normalizer.transform(raw.features)  # [N, 24, F] each, float32
-        pool = self.pool(raw)  # [N, 24] bool
+        reveal_now = reveal_answers and raw.answers is not None and has_answer_channel(self.cfg)
+        if reveal_now:
+            x, mask, answer, j = self._answer_inputs(raw)
+            given = ~np.isnan(raw.answers)  # [N, 24]
+        else:
+            x, mask = self.inputs(raw)  # [N, 24, F (+1)] each, float32
+        pool = self.pool(raw, deployment=reveal_answers)  # [N, 24] bool
         n = x.shape[0]
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("p", "mu", "sigma", "scores", "asked", "unc")}
         for start in range(0, n, self.batch_size):
-            xb = torch.from_numpy(x[start : start + self.batch_size]).to(self.device)
-            mb = torch.from_numpy(mask[start : start + self.batch_size]).to(self.device)
-            pb = torch.from_numpy(pool[start : start + self.batch_size]).to(self.device)
-            out = self.model(xb, mb)
+            sl = slice(start, start + self.batch_size)
+            xb, mb = torch.from_numpy(x[sl]), torch.from_numpy(mask[sl])
+            if reveal_now:
+                xb, mb = reveal(xb, mb, torch.from_numpy(answer[sl]), torch.from_numpy(given[sl]), j)
+            pb = torch.from_numpy(pool[sl]).to(self.device)
+            out = self.model(xb.to(self.device), mb.to(self.device))
             parts["p"].append(out.p.cpu().numpy())  # [B, 24]
             parts["mu"].append(out.mu_z.cpu().numpy())  # [B, 24, Z]
             parts["sigma"].append(out.sigma_z.cpu().numpy())  # [B, 24, Z]
@@ -454,6 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write one row per window and hour: window_id, hour, p, score, mu_<latent>, sigma_<latent>",
     )
     parser.add_argument(
+        "--answers",
+        action="store_true",
+        help="read the patient's answers from the run's answer column (data.columns.answers, e.g. "
+        "ask_symptom_score): its filled cells enter the model as answers, not as logged values, and the "
+        "proposed hours are askable ones not answered yet. Without it that column is ignored. The loop: "
+        "predict, ask the proposed hours, fill their answers in, predict --answers",
+    )
+    parser.add_argument(
         "--checkpoint",
         metavar="PATH",
         help="use this checkpoint instead of the run's best (e.g. .../last.pt)",
@@ -471,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         predictor = load(args.run, checkpoint=args.checkpoint, batch_size=args.batch_size)
-        prediction = predictor.predict(args.input)
+        prediction = predictor.predict(
+            args.input, answers=args.answers, warn=lambda m: print(m, file=sys.stderr)
+        )
         frame = prediction.to_frame()
         if args.out == "-":
             frame.to_csv(sys.stdout, index=False)

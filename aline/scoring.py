@@ -119,3 +119,34 @@ def best_fixed_hours(train_query_value: np.ndarray, k: int) -> np.ndarray:
     """
     totals = train_query_value.astype(np.float64).sum(axis=0)  # [24]
     return np.sort(np.argsort(-totals, kind="stable")[:k])
+
+
+def log_loss_per_window(p: np.ndarray, y: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """``-log p(y)`` of each forecast ``[N]`` (p clipped to [eps, 1 - eps])."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    y = np.asarray(y, dtype=np.float64)
+    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+
+
+BOOTSTRAP_DRAWS = 2000
+BOOTSTRAP_SEED = 0
+
+
+def paired_bootstrap(
+    diff: np.ndarray, level: float = 0.9, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED
+) -> dict[str, float]:
+    """Mean of per-window paired differences ``[N]`` with a percentile bootstrap interval over windows
+    (``draws`` resamples of N windows with replacement, one seeded generator): ``mean``, ``lo``, ``hi``,
+    ``level``. The interval excludes 0 when both ends have the same sign."""
+    diff = np.asarray(diff, dtype=np.float64)
+    n = diff.shape[0]
+    if n == 0:
+        nan = float("nan")
+        return {"mean": nan, "lo": nan, "hi": nan, "level": level}
+    rng = np.random.default_rng(seed)
+    means = np.empty(draws)
+    for i in range(draws):  # one resample at a time: memory stays at one [N] index array
+        means[i] = diff[rng.integers(0, n, n)].mean()
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return {"mean": float(diff.mean()), "lo": float(lo), "hi": float(hi), "level": level}

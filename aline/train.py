@@ -31,7 +31,7 @@ from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, feature_report, load_splits, return_freed_memory
 from aline.data.dataset import Normalizer, WindowDataset
 from aline.data.shared import SharedSplit, open_splits
-from aline.model.asking import pool_mask
+from aline.model.asking import answer_mapping_problem, drop_unaskable_answers, has_answer_channel, pool_mask
 from aline.model.network import build_model, unwrap
 from aline.scoring import binary_scores
 from aline.training.engine import make_loader, setup_averaging, setup_evaluator, setup_trainer
@@ -77,8 +77,42 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
     splits = load_splits(data, splits=SPLITS)
     for warning in feature_report(splits["train"])[1]:
         announce(f"warning: {warning}")
+    if cfg.data.oracle_free is True:
+        ignored = reference_roles(splits["train"])
+        if ignored:
+            splits["train"] = without_references(splits["train"])
+            announce(f"data.oracle_free=true: training ignores the train split's {', '.join(ignored)}")
+    for name in SPLITS:
+        splits[name], dropped = drop_unaskable_answers(splits[name], cfg.policy.unaskable_when)
+        if dropped:
+            announce(
+                f"warning: {splits[name].path}: dropped {dropped} answer(s) at hours that cannot be asked "
+                f"(policy.unaskable_when={cfg.policy.unaskable_when})"
+            )
     _check_roles(cfg, splits)
     return {s: splits[s] for s in ("train", "val")}
+
+
+# The columns that only a simulator can write: references to score a run by, never a cohort's data.
+REFERENCE_ROLES = {
+    "sigma": "posterior std",
+    "post_mean": "posterior mean",
+    "query_value": "query value",
+    "p_bayes": "p_bayes",
+    "p_true": "p_true",
+}
+
+
+def reference_roles(raw: RawSplit) -> list[str]:
+    """The reference columns (by role name) that ``raw`` carries."""
+    return [what for role, what in REFERENCE_ROLES.items() if getattr(raw, role) is not None]
+
+
+def without_references(raw: RawSplit) -> RawSplit:
+    """``raw`` with every reference column left out."""
+    import dataclasses
+
+    return dataclasses.replace(raw, **dict.fromkeys(REFERENCE_ROLES))
 
 
 def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
@@ -99,14 +133,16 @@ def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
         cfg.policy.reward,
         has_query_value=train.query_value is not None,
         has_answers=train.answers is not None,
+        has_truth=train.z is not None,
     )
+    data = cfg.data.model_copy(update={"oracle_free": not reference_roles(train)})
     policy = cfg.policy.model_copy(
         update={
             "reward": reward,
             "info_gain": resolve_info_gain(cfg.policy.info_gain, has_truth=train.z is not None),
         }
     )
-    return cfg.model_copy(update={"loss": loss, "policy": policy})
+    return cfg.model_copy(update={"data": data, "loss": loss, "policy": policy})
 
 
 def pool_for(cfg: Config, raw: RawSplit) -> np.ndarray:
@@ -116,7 +152,7 @@ def pool_for(cfg: Config, raw: RawSplit) -> np.ndarray:
 
 def window_dataset(cfg: Config, raw: RawSplit, normalizer: Normalizer) -> WindowDataset:
     """One split as the loaders serve it: normalised, with its question pool under this config."""
-    return WindowDataset(raw, normalizer, pool=pool_for(cfg, raw))
+    return WindowDataset(raw, normalizer, pool=pool_for(cfg, raw), answer_channel=has_answer_channel(cfg))
 
 
 def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
@@ -147,13 +183,20 @@ def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
             f"policy.reward=query_value needs the column {cols.query_value!r} "
             "(data.columns.query_value); use policy.reward=uncertainty instead"
         )
-    if cfg.policy.reward == "info_gain" and raw.answers is None:
+    if cfg.policy.reward in ("info_gain", "label_gain") and raw.answers is None:
         problems.append(
-            f"policy.reward=info_gain needs an answer column (data.columns.answers = {cols.answers}); "
-            "use policy.reward=uncertainty instead"
+            f"policy.reward={cfg.policy.reward} needs an answer column (data.columns.answers = "
+            f"{cols.answers}); use policy.reward=uncertainty instead"
         )
+    if raw.answers is not None:
+        misfit = answer_mapping_problem(raw, next(iter(cols.answers.values())))
+        if misfit:
+            problems.append(misfit)
     reward = resolve_reward(
-        cfg.policy.reward, has_query_value=raw.query_value is not None, has_answers=raw.answers is not None
+        cfg.policy.reward,
+        has_query_value=raw.query_value is not None,
+        has_answers=raw.answers is not None,
+        has_truth=raw.z is not None,
     )
     # The estimator is read only by the info_gain reward: with another reward, logprob needs nothing.
     if reward == "info_gain" and cfg.policy.info_gain == "logprob" and raw.z is None:
@@ -189,6 +232,21 @@ def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
             if isinstance(oracle_asked.get(key), (int, float)):
                 refs[f"{key}_asked"] = float(oracle_asked[key])
     return refs
+
+
+def exact_set_share(cfg: Config, val: RawSplit):
+    """``asked [N, 24] -> share``: the exact variance cut of the asked sets over the greedy oracle's, on
+    the validation split (validation's ``policy_set_value``); None when the data has no exact model."""
+    from aline.evaluation.exact_reference import load_exact, set_share
+
+    try:
+        exact = load_exact(val, cfg.data.meta_path)
+    except DataError:
+        return None  # a meta file that does not describe these windows: the figure is undefined
+    if exact is None:
+        return None
+    oracle_cut = float(np.sum(exact.set_value(exact.greedy_oracle(cfg.policy.k))))
+    return lambda asked: set_share(exact, asked, oracle_cut)
 
 
 # --- the run folder ------------------------------------------------------------------------------------
@@ -337,7 +395,7 @@ def setup_run(
     scored = setup_averaging(cfg, trainer, unwrap(model))  # the weights validated and checkpointed
     evaluator = setup_evaluator(cfg, scored, device)
     metrics.attach_training_metrics(trainer)
-    metrics.attach_validation_metrics(evaluator, cfg.policy.k)
+    metrics.attach_validation_metrics(evaluator, cfg.policy.k, set_value=exact_set_share(cfg, splits["val"]))
 
     if idist.get_rank() == 0:
         run_path.mkdir(parents=True, exist_ok=True)

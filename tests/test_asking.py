@@ -78,13 +78,17 @@ def test_pool_mask_matches_the_rule_cell_by_cell():
     answers = np.where(rng.random((n, HOURS)) < 0.7, rng.normal(5, 1, (n, HOURS)), np.nan)
     with_answers = asking.pool_mask(_raw(feats, answers), "rating", ["asleep"])
     deployment = asking.pool_mask(_raw(feats, None), "rating", ["asleep"])
+    answered_so_far = asking.pool_mask(_raw(feats, answers), "rating", ["asleep"], deployment=True)
     no_feature = asking.pool_mask(_raw(feats, None), None, ["asleep"])
     for i in range(n):
         for t in range(HOURS):
             logged = not math.isnan(feats[i, t, 1])
+            answered = not math.isnan(answers[i, t])
             awake = feats[i, t, 0] == 0.0  # NaN compares unequal: unaskable
-            assert with_answers[i, t] == (not math.isnan(answers[i, t]) and not logged)
+            # An answer never makes a sleeping hour askable.
+            assert with_answers[i, t] == (answered and not logged and awake)
             assert deployment[i, t] == (awake and not logged)
+            assert answered_so_far[i, t] == (awake and not logged and not answered)
             assert no_feature[i, t] == awake
 
 
@@ -165,11 +169,16 @@ def test_reveal_writes_value_and_mask_of_the_asked_cells_only():
                     assert x1[i, t, f] == x[i, t, f] and m1[i, t, f] == mask[i, t, f]
 
 
-def test_auto_reward_prefers_the_exact_value_then_info_gain():
-    assert resolve_reward("auto", has_query_value=True, has_answers=True) == "query_value"
-    assert resolve_reward("auto", has_query_value=False, has_answers=True) == "info_gain"
-    assert resolve_reward("auto", has_query_value=False, has_answers=False) == "uncertainty"
-    assert resolve_reward("uncertainty", has_query_value=True, has_answers=True) == "uncertainty"
+def test_auto_reward_prefers_the_exact_value_then_info_gain_then_the_label():
+    def auto(**kw):
+        return resolve_reward("auto", **kw)
+
+    assert auto(has_query_value=True, has_answers=True, has_truth=True) == "query_value"
+    assert auto(has_query_value=False, has_answers=True, has_truth=True) == "info_gain"
+    assert auto(has_query_value=False, has_answers=True, has_truth=False) == "label_gain"
+    assert auto(has_query_value=False, has_answers=False, has_truth=True) == "uncertainty"
+    given = resolve_reward("uncertainty", has_query_value=True, has_answers=True, has_truth=True)
+    assert given == "uncertainty"
 
 
 def test_auto_info_gain_scores_by_the_truth_when_the_data_has_it():
@@ -192,8 +201,11 @@ def _toy_batch(n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     sd = np.where(reliable > 0, 0.2, 2.0)
     answer = z[:, None] + sd * rng.normal(0, 1, (n, HOURS))
     pool = asleep == 0
-    x = np.stack([asleep, np.zeros_like(asleep), reliable], axis=-1).astype(np.float32)  # rating unlogged
-    mask = np.stack([np.ones_like(asleep), np.zeros_like(asleep), np.ones_like(asleep)], axis=-1)
+    # Rating unlogged; the last column is the (empty) answer channel.
+    x = np.stack([asleep, np.zeros_like(asleep), reliable, np.zeros_like(asleep)], axis=-1).astype(np.float32)
+    mask = np.stack(
+        [np.ones_like(asleep), np.zeros_like(asleep), np.ones_like(asleep), np.zeros_like(asleep)], axis=-1
+    )
     qv = np.where(pool, 1.0 / (1.0 + sd**2), 0.0)
     p = 1 / (1 + np.exp(-2 * z))
     t = torch.from_numpy
@@ -228,7 +240,7 @@ def test_info_gain_learns_to_ask_the_reliable_hours(one_torch_thread):
         ],
     )
     spec = LoopSpec.from_config(cfg)
-    model = AlineModel(3, 1, d_model=32, heads=2, layers=1, ff_dim=64)
+    model = AlineModel(4, 1, d_model=32, heads=2, layers=1, ff_dim=64)  # 3 features + the answer channel
     # lr 1e-2 and 175 steps: the checks below passed with 9 of the seeds 0-9 (lr 3e-3 and 250 steps: 7 of
     # them), in 70 % of the CPU time.
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -155,7 +155,7 @@ def test_posterior_figures_against_an_independent_forward_pass(
     cfg = load_config(run / contract.CONFIG_FILE)
     raw = read_split(cfg.data.split_path("val"), cfg.data.columns)
     # The trainer's own input path: WindowDataset batches into the model, no Predictor involved.
-    ds = WindowDataset(raw, Normalizer.load(run / contract.NORMALIZER_FILE))
+    ds = WindowDataset(raw, Normalizer.load(run / contract.NORMALIZER_FILE), answer_channel=True)
     model = build_model(cfg, len(cfg.data.columns.features))
     model.load_state_dict(
         torch.load(run / json.loads((run / "status.json").read_text())["best"]["checkpoint"])["model"]

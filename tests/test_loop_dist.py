@@ -47,7 +47,7 @@ def _figures(csv_path: str) -> dict[str, float]:
     raw = read_split(csv_path, cfg.data.columns)
     cfg = resolve_config(cfg, {"train": raw})
     norm = Normalizer.fit(raw)
-    dataset = WindowDataset(raw, norm, pool=pool_for(cfg, raw))
+    dataset = WindowDataset(raw, norm, pool=pool_for(cfg, raw), answer_channel=True)
     model = build_model(cfg, len(norm.feature_names)).eval()
     evaluator = setup_evaluator(cfg, model, torch.device("cpu"))
     attach_validation_metrics(evaluator, cfg.policy.k)

@@ -128,6 +128,7 @@ def reference_figures(w: dict[str, torch.Tensor]) -> dict:
     ref["brier_asked"] = float(np.mean((p_asked - y) ** 2))
     rho = np64(w["gain_rho"])
     ref["gain_spearman"] = float(np.median(rho[~np.isnan(rho)]))
+    ref["policy_set_value"] = float("nan")  # no exact model of these windows (tested on its own)
     return ref
 
 
@@ -149,7 +150,7 @@ def test_scalar_metrics_match_sklearn_and_numpy(feed):
     assert set(figures) == set(contract.VAL_METRICS) | {CALIBRATION_METRIC, TOPK_METRIC}
     for name in contract.VAL_METRICS:
         assert isinstance(figures[name], float), name
-        assert figures[name] == pytest.approx(ref[name], rel=1e-12, abs=1e-12), name
+        assert figures[name] == pytest.approx(ref[name], rel=1e-12, abs=1e-12, nan_ok=True), name
 
 
 @pytest.mark.parametrize("feed", [run_engine, run_direct], ids=["engine", "reset-update-compute"])

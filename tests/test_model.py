@@ -152,14 +152,17 @@ def test_build_model_follows_the_config() -> None:
         ],
     )
     model = build_model(cfg, n_features=7)
-    assert (model.n_features, model.n_latents, model.hours) == (7, 2, 24)
+    # The config asks the default question, so the input has the answer channel after the 7 features.
+    assert (model.n_features, model.n_latents, model.hours) == (8, 2, 24)
     assert len(model.encoder.layers) == 3
     layer = model.encoder.layers[0]
     assert layer.self_attn.num_heads == 8 and layer.self_attn.embed_dim == 32
     assert layer.linear1.out_features == 48 and layer.dropout.p == 0.1
     assert model.detach_prediction is False and model.detach_policy is True
-    x = torch.randn(3, 24, 7)
+    x = torch.randn(3, 24, 8)
     assert model(x, torch.zeros_like(x)).mu_z.shape == (3, 24, 2)
+    no_question = build_model(load_config(None, ["data.columns.answers=null"]), n_features=7)
+    assert no_question.n_features == 7
 
 
 def test_build_model_follows_the_config_for_the_gru() -> None:
@@ -168,7 +171,7 @@ def test_build_model_follows_the_config_for_the_gru() -> None:
     gru = model.encoder
     assert isinstance(gru, torch.nn.GRU) and gru.bidirectional and gru.batch_first
     assert (gru.input_size, gru.hidden_size, gru.num_layers, gru.dropout) == (32, 16, 3, 0.1)
-    x = torch.randn(3, 24, 7)
+    x = torch.randn(3, 24, 8)  # 7 features and the answer channel
     assert model(x, torch.zeros_like(x)).mu_z.shape == (3, 24, 4)
 
     default = build_model(Config(), n_features=15)

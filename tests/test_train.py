@@ -62,7 +62,7 @@ def predict_val(run_dir: Path, checkpoint: Path, data: Path) -> tuple[np.ndarray
     cfg = load_config(run_dir / contract.CONFIG_FILE)
     norm = Normalizer.load(run_dir / contract.NORMALIZER_FILE)
     raw = read_split(data / "synthetic_migraine_val.csv", cfg.data.columns)
-    batch = WindowDataset(raw, norm).__getitems__(list(range(len(raw))))
+    batch = WindowDataset(raw, norm, answer_channel=True).__getitems__(list(range(len(raw))))
     model = build_model(cfg, len(norm.feature_names))
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
     model.eval()
@@ -83,7 +83,8 @@ def test_two_epochs_write_the_whole_run_folder(tiny_data: Path, tmp_path: Path) 
     # query_value column (policy.reward=auto resolves to it).
     assert saved.loss.posterior == "mse" and saved.loss.bce_into_encoder is False
     assert saved.policy.reward == "query_value"
-    assert saved.model_copy(update={"loss": cfg.loss, "policy": cfg.policy}) == cfg
+    assert saved.data.oracle_free is False  # this data has reference columns, and training read them
+    assert saved.model_copy(update={"loss": cfg.loss, "policy": cfg.policy, "data": cfg.data}) == cfg
     status = json.loads((run / contract.STATUS_FILE).read_text())
     assert status["state"] == "finished" and status["epoch"] == 2
     meta = json.loads((tiny_data / "synthetic_migraine_meta.json").read_text())
@@ -248,7 +249,7 @@ def test_two_processes_log_the_metrics_one_process_computes(tiny_data: Path, tmp
     norm = Normalizer.load(result.run_dir / contract.NORMALIZER_FILE)
     cfg = load_config(result.run_dir / contract.CONFIG_FILE)  # as trained: policy.reward resolved
     raw = read_split(tiny_data / "synthetic_migraine_val.csv", cfg.data.columns)
-    val = WindowDataset(raw, norm, pool=train_mod.pool_for(cfg, raw))
+    val = train_mod.window_dataset(cfg, raw, norm)
     model = build_model(cfg, len(norm.feature_names))
     state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     model.load_state_dict(state)

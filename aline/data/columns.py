@@ -88,7 +88,8 @@ def plan_columns(path: Path, header: list[str], columns: ColumnsConfig, require_
     """Required: window id, hour, features (and the label when training). Optional roles are read when the
     CSV has them; a column name the user chose that is not in the header is an error (a typo must not
     silently drop a role), while the built-in simulator names may be absent. Prediction input
-    (``require_targets=False``) reads only the id, hour and feature columns and ignores everything else."""
+    (``require_targets=False``) reads only the id, hour and feature columns, and the answer column when it
+    is there, and ignores everything else."""
     present = set(header)
     wanted = [columns.window_id, columns.hour, *columns.features]
     if require_targets:
@@ -123,6 +124,11 @@ def plan_columns(path: Path, header: list[str], columns: ColumnsConfig, require_
                 problems.append(f"{what} columns incomplete: has {have[0]!r} but is missing {lacking}")
             else:
                 roles[role] = names
+    else:
+        # Prediction input: answers the user filled in (the training answer column's name) are read as
+        # answers when the column is there; nothing else beyond the features is.
+        names = _role_columns(columns, "answers")
+        roles["answers"] = names if names and all(c in present for c in names) else None
     if problems:
         raise DataError(f"{path}: " + "; ".join(problems) + "; " + _header_text(header))
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from aline.contract import write_json_atomic
 from aline.data import DataError, RawSplit
 
-__all__ = ["Normalizer", "WindowDataset", "keep_batch"]
+__all__ = ["Normalizer", "WindowDataset", "answer_channel", "keep_batch"]
 
 _NORMALIZER_KIND = "aline.normalizer"
 _NORMALIZER_VERSION = 1
@@ -133,6 +133,14 @@ class Normalizer:
 # --- tensors ------------------------------------------------------------------------------------------
 
 
+def answer_channel(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised inputs ``[N, 24, F]`` with the empty answer channel appended, ``[N, 24, F + 1]``: the
+    column that revealed answers go into (value and mask bit), so that an answer never overwrites what
+    the day's own logging says (:mod:`aline.model.asking`)."""
+    pad = np.zeros((*x.shape[:-1], 1), dtype=x.dtype)
+    return np.concatenate([x, pad], axis=-1), np.concatenate([mask, pad.astype(mask.dtype)], axis=-1)
+
+
 _BLOCK_WINDOWS = 1 << 14  # windows per block when a [N, 24] array is computed in pieces
 
 
@@ -141,7 +149,9 @@ class WindowDataset(torch.utils.data.Dataset):
 
     Keys: ``index`` (dataset row), ``x`` and ``mask`` [.., 24, F], and when the split has them ``z``,
     ``sigma`` and ``post_mean`` [.., 24, Z], ``y``, ``query_value`` [.., 24]; with ``pool`` given, ``pool``
-    [.., 24] (1 = askable) and ``answer`` [.., 24] (the normalised answer, 0 where there is none). Use
+    [.., 24] (1 = askable) and ``answer`` [.., 24] (the normalised answer, 0 where there is none). With
+    ``answer_channel``, ``x`` and ``mask`` carry one more, empty, column for revealed answers
+    (:func:`aline.model.asking.answer_channel`). Use
     ``collate_fn=keep_batch`` in a DataLoader: it then fetches whole batches through ``__getitems__``.
 
     The split's arrays are indexed as they are, never copied: they may be read-only memory maps shared by
@@ -149,10 +159,18 @@ class WindowDataset(torch.utils.data.Dataset):
     as :meth:`Normalizer.transform` on the whole array, so the values are identical either way.
     """
 
-    def __init__(self, raw: RawSplit, normalizer: Normalizer, pool: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        raw: RawSplit,
+        normalizer: Normalizer,
+        pool: np.ndarray | None = None,
+        *,
+        answer_channel: bool = False,
+    ) -> None:
         normalizer.check_features(raw.feature_names, where=str(raw.path))
         self.window_id = raw.window_id  # [N] ids as written, for writing predictions back per window
         self._normalizer = normalizer
+        self._answer_channel = answer_channel
         self._features = raw.features  # [N, 24, F] float32, NaN where missing
         self._arrays: dict[str, np.ndarray] = {}
         optional = {
@@ -187,6 +205,8 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
         idx = np.asarray(indices, dtype=np.int64)  # [B]
         x, mask = self._normalizer.transform(self._features[idx])  # [B, 24, F] each
+        if self._answer_channel:
+            x, mask = answer_channel(x, mask)  # [B, 24, F + 1]
         batch = {
             "index": torch.from_numpy(idx),
             "x": torch.from_numpy(x),

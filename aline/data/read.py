@@ -59,7 +59,7 @@ def read_split(path: str | Path, columns: ColumnsConfig, *, require_targets: boo
 
     ``require_targets=True`` (training, evaluation) also needs the label and reads the optional roles the
     file has; ``require_targets=False`` (prediction input) reads only the window id, hour and feature
-    columns and ignores every other column."""
+    columns, and the answer column when the file has it, and ignores every other column."""
     path = Path(path)
     header = read_header(path)
     plan = plan_columns(path, header, columns, require_targets)

@@ -14,6 +14,9 @@ from aline.data.read import RawSplit, read_split
 
 _OPTIONAL = ("z", "sigma", "post_mean", "query_value", "p_bayes", "p_true", "subject_id", "answers")
 _OPTIONAL_NAMES = {"z": "latents", "sigma": "posterior std", "post_mean": "posterior mean"}
+# Reference columns (what only a simulator knows) may be in val and test without being in train: they
+# score a run trained without them. Never the other way: validation would lack what training used.
+_REFERENCES = frozenset({"sigma", "post_mean", "query_value", "p_bayes", "p_true"})
 # How many shared ids a split-overlap message quotes.
 _SHOWN_IDS = 5
 
@@ -24,7 +27,8 @@ def load_splits(data: DataConfig, splits: Iterable[str] = SPLITS) -> dict[str, R
 
     Every split is read even when an earlier one is bad, and every problem found is raised as one
     :class:`DataError` (one paragraph per problem): per file, its first problem; across files, that they
-    carry the same optional columns, that no window id (nor subject id, where the files have one) is in
+    carry the same optional columns (val and test may carry reference columns that train lacks), that no
+    window id (nor subject id, where the files have one) is in
     two splits, and that no feature is empty in the whole train split.
     """
     splits = list(splits)
@@ -73,11 +77,16 @@ def _cross_split_problems(out: dict[str, RawSplit]) -> list[str]:
     first = names[0]
     have = {s: {k for k in _OPTIONAL if getattr(raw, k) is not None} for s, raw in out.items()}
     for s in names[1:]:
-        if have[s] != have[first]:
-            diff = ", ".join(_OPTIONAL_NAMES.get(k, k) for k in sorted(have[s] ^ have[first]))
+        differ = have[s] ^ have[first]
+        if first == "train":
+            differ -= _REFERENCES & (have[s] - have[first])  # scoring-only references: allowed
+        if differ:
+            diff = ", ".join(_OPTIONAL_NAMES.get(k, k) for k in sorted(differ))
             problems.append(
                 f"{out[s].path}: carries a different set of optional columns than {out[first].path} "
-                f"(differs in: {diff}); all splits must have the same columns"
+                f"(differs in: {diff}); all splits must have the same columns, except that val and test "
+                "may add reference columns (posterior std and mean, query_value, p_bayes, p_true) for "
+                "scoring a run trained without them"
             )
     for attr, what in (("window_id", "window id"), ("subject_id", "subject id")):
         for i, a in enumerate(names):

@@ -1,13 +1,20 @@
 """The closed loop's pieces: the question pool, drawing hours from it, revealing answers, the model's gains.
 
-An hour can be asked about when its answer exists (the ``ask_<feature>`` column is filled) and the asked
-feature was not logged there. At deployment no answer column exists yet: then the hour must be awake (every
-``policy.unaskable_when`` feature is 0) and the feature's cell empty. The policy only ever draws from that
-pool: hours outside it get a score of -inf before sampling, and any slot left over when a window's pool
-holds fewer than k hours is marked invalid (never revealed, never rewarded, no log-probability).
+An hour can be asked about when the patient is awake (every ``policy.unaskable_when`` feature is 0; a
+missing value there counts as asleep) and the asked feature was not logged there. In training and
+evaluation the answer must also exist (the ``ask_<feature>`` column is filled: a study that prompted at a few
+hours has answers only there). At deployment (:func:`pool_mask` with ``deployment=True``) every askable hour
+not answered yet can be proposed. The policy only ever draws from the pool: hours outside it get a score
+of -inf before sampling, and any slot left over when a window's pool holds fewer than k hours is marked
+invalid (never revealed, never rewarded, no log-probability).
 
-Torch functions work on batches (``B`` windows, ``T`` = 24 hours, ``S`` samples); :func:`pool_mask` is NumPy
-(it runs once per split).
+An answer enters the model as an answer, not as a logged value: the input has one more channel after the
+features (value and mask bit), so a day's logging pattern, which may say something about the patient,
+is left as it was and the model can weigh a prompted answer differently from a diary entry
+(:func:`aline.data.dataset.answer_channel` appends it).
+
+Torch functions work on batches (``B`` windows, ``T`` = 24 hours, ``S`` samples); the pool and the answer
+checks are NumPy (they run once per split).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from aline.config import Config
     from aline.data import RawSplit
     from aline.model.network import AlineModel, AlineOutput
 
@@ -27,8 +35,24 @@ if TYPE_CHECKING:
 # logits from turning the Plackett-Luce terms into inf - inf = NaN.
 SCORE_LIMIT = 1e4
 
+# An answers mapping must fit its feature. A diary logged at a few hours shows only part of its scale, so
+# answers may stray this share of the feature's observed train range beyond it, and up to
+# ANSWER_OUTSIDE_SHARE of them may lie further out; a mapping to another feature puts nearly all outside...
+ANSWER_RANGE_MARGIN = 0.25
+ANSWER_OUTSIDE_SHARE = 0.1
+# ...and where a cell holds both a logged value and an answer, the two must agree at least this well
+# (Pearson), over at least ANSWER_MIN_PAIRS such cells; fewer pairs leave the range check alone.
+ANSWER_MIN_CORRELATION = 0.5
+ANSWER_MIN_PAIRS = 30
+
 __all__ = [
+    "ANSWER_MIN_CORRELATION",
+    "ANSWER_RANGE_MARGIN",
+    "answer_mapping_problem",
     "asked_from_draws",
+    "awake_mask",
+    "drop_unaskable_answers",
+    "has_answer_channel",
     "forecast_moments",
     "masked_gumbel_topk",
     "one_answer_gains",
@@ -45,25 +69,101 @@ __all__ = [
 # --- the pool (NumPy, per split) ---------------------------------------------------------------------
 
 
-def pool_mask(raw: RawSplit, asked_feature: str | None, unaskable_when: Sequence[str]) -> np.ndarray:
-    """Askable hours ``[N, 24]`` bool.
-
-    With answers: the answer exists and the feature was not logged. Without (deployment): the feature was
-    not logged and every ``unaskable_when`` feature is 0 (a missing value there counts as unaskable). With
-    no asked feature at all (no loop configured), only the ``unaskable_when`` rule applies.
-    """
+def awake_mask(raw: RawSplit, unaskable_when: Sequence[str]) -> np.ndarray:
+    """Hours at which a question can be put: every ``unaskable_when`` feature is 0 (missing counts as
+    unaskable). ``[N, 24]`` bool"""
     names = list(raw.feature_names)
-    n = len(raw)
-    if raw.answers is not None:
-        logged = ~np.isnan(raw.features[:, :, names.index(raw.asked_feature)])
-        return ~np.isnan(raw.answers) & ~logged
-    awake = np.ones((n, raw.features.shape[1]), dtype=bool)
+    awake = np.ones((len(raw), raw.features.shape[1]), dtype=bool)
     for name in unaskable_when:
         v = raw.features[:, :, names.index(name)]
         awake &= ~np.isnan(v) & (v == 0)
-    if asked_feature is None:
+    return awake
+
+
+def pool_mask(
+    raw: RawSplit, asked_feature: str | None, unaskable_when: Sequence[str], *, deployment: bool = False
+) -> np.ndarray:
+    """Askable hours ``[N, 24]`` bool: awake and the asked feature not logged, always.
+
+    With answers in ``raw`` (training, evaluation) the answer must exist too. ``deployment=True`` (predict:
+    which hours to ask next) proposes every such hour that has no answer yet. With no asked feature at all
+    (no loop configured), only the ``unaskable_when`` rule applies.
+    """
+    awake = awake_mask(raw, unaskable_when)
+    if asked_feature is None or asked_feature not in raw.feature_names:
         return awake
-    return awake & np.isnan(raw.features[:, :, names.index(asked_feature)])
+    logged = ~np.isnan(raw.features[:, :, list(raw.feature_names).index(asked_feature)])
+    pool = awake & ~logged
+    if raw.answers is not None:
+        answered = ~np.isnan(raw.answers)
+        pool &= ~answered if deployment else answered
+    return pool
+
+
+def drop_unaskable_answers(raw: RawSplit, unaskable_when: Sequence[str]) -> tuple[RawSplit, int]:
+    """``raw`` without the answers found at unaskable hours where the feature was not logged (data-entry
+    noise: nobody can be asked while asleep), and how many there were. The split is returned unchanged
+    when there are none."""
+    if raw.answers is None:
+        return raw, 0
+    logged = ~np.isnan(raw.features[:, :, list(raw.feature_names).index(raw.asked_feature)])
+    # Where the feature was logged, the answer column may repeat it (a simulator's convention); such a
+    # cell is never in the pool, so only the unlogged ones are noise to drop.
+    bad = ~np.isnan(raw.answers) & ~logged & ~awake_mask(raw, unaskable_when)  # [N, 24]
+    count = int(bad.sum())
+    if not count:
+        return raw, 0
+    import dataclasses
+
+    return dataclasses.replace(raw, answers=np.where(bad, np.float32(np.nan), raw.answers)), count
+
+
+def answer_mapping_problem(raw: RawSplit, answer_column: str) -> str | None:
+    """Why ``raw``'s answers cannot be answers to its asked feature, or None when they fit: more than
+    ``ANSWER_OUTSIDE_SHARE`` of them outside the feature's observed range widened by
+    ``ANSWER_RANGE_MARGIN`` of it on each side, or, where a cell
+    holds both a logged value and an answer, too little agreement (Pearson below
+    ``ANSWER_MIN_CORRELATION``)."""
+    if raw.answers is None or raw.asked_feature is None:
+        return None
+    feature = raw.asked_feature
+    logged = raw.features[:, :, list(raw.feature_names).index(feature)]  # [N, 24]
+    answers = raw.answers
+    seen, given = ~np.isnan(logged), ~np.isnan(answers)
+    if not seen.any() or not given.any():
+        return None
+    lo, hi = float(np.min(logged[seen])), float(np.max(logged[seen]))
+    margin = ANSWER_RANGE_MARGIN * max(hi - lo, 1e-12)
+    a = answers[given]
+    outside = int(((a < lo - margin) | (a > hi + margin)).sum())
+    both = seen & given
+    where = f"answer column {answer_column!r} does not fit feature {feature!r}"
+    if outside > ANSWER_OUTSIDE_SHARE * a.size:
+        return (
+            f"{where}: {outside} of {a.size} answers lie outside the feature's observed range "
+            f"[{lo:.4g}, {hi:.4g}] widened by {ANSWER_RANGE_MARGIN:.0%} (at most "
+            f"{ANSWER_OUTSIDE_SHARE:.0%} may); answers must be on the feature's scale (check "
+            "data.columns.answers)"
+        )
+    if int(both.sum()) >= ANSWER_MIN_PAIRS:
+        x, y = logged[both].astype(np.float64), answers[both].astype(np.float64)
+        if np.ptp(x) > 0 and np.ptp(y) > 0:
+            r = float(np.corrcoef(x, y)[0, 1])
+            if r < ANSWER_MIN_CORRELATION:
+                return (
+                    f"{where}: where both were recorded ({int(both.sum())} cells) they correlate at "
+                    f"{r:.2f}, below {ANSWER_MIN_CORRELATION}; an answer must measure what the feature "
+                    "logs (check data.columns.answers)"
+                )
+    return None
+
+
+# --- the answer channel -------------------------------------------------------------------------------
+
+
+def has_answer_channel(cfg: Config) -> bool:
+    """Whether the model reads an answer channel: whenever the config names a question to ask."""
+    return cfg.data.columns.asked_feature is not None
 
 
 # --- drawing hours from the pool ---------------------------------------------------------------------
@@ -135,7 +235,8 @@ def pool_topk(scores: Tensor, pool: Tensor, k: int) -> Tensor:
 
 
 def reveal(x: Tensor, mask: Tensor, answer: Tensor, asked: Tensor, feature: int) -> tuple[Tensor, Tensor]:
-    """Write the answers of the ``asked`` hours ([..., T] bool) into the input: value and mask bit."""
+    """Write the answers of the ``asked`` hours ([..., T] bool) into the input's answer channel (column
+    ``feature``, see :func:`answer_channel`): value and mask bit."""
     column = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
     column[feature] = True
     sel = asked.unsqueeze(-1) & column  # [..., T, F]: the asked hours' cell of the asked feature

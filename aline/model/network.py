@@ -215,13 +215,19 @@ def unwrap(obj: Any) -> Any:
 
 
 def build_model(cfg: Config, n_features: int) -> AlineModel:
-    """The model that ``cfg`` describes, for data with ``n_features`` feature columns."""
+    """The model that ``cfg`` describes, for data with ``n_features`` feature columns (plus the answer
+    channel when the config names a question, :func:`aline.model.asking.answer_channel`)."""
     m = cfg.model
+    channel = cfg.data.columns.asked_feature is not None  # as aline.model.asking.has_answer_channel
+    # The answer channel is a reading of the latent state like the feature it answers.
+    measurements = [i for i, f in enumerate(cfg.data.columns.features) if f in m.measurements]
+    if channel:
+        measurements.append(n_features)
     into = cfg.loss.bce_into_encoder
     if into == "auto":  # a run's config.yaml holds the resolved choice; this is the same rule
         into = cfg.loss.posterior == "none"
     return AlineModel(
-        n_features,
+        n_features + int(channel),
         len(cfg.data.columns.latents),
         encoder=m.encoder,
         d_model=m.d_model,
@@ -229,7 +235,7 @@ def build_model(cfg: Config, n_features: int) -> AlineModel:
         layers=m.layers,
         ff_dim=m.ff_dim,
         dropout=m.dropout,
-        measurements=[i for i, f in enumerate(cfg.data.columns.features) if f in m.measurements],
+        measurements=measurements,
         detach_prediction=not into,
         detach_policy=not cfg.policy.train_encoder,
     )

@@ -65,6 +65,11 @@ POLICY = [
             Ref("random hours", "random_share", dash="dot", color="#d62728"),
         ],
     ),
+    Panel(
+        "policy_set_value",
+        "policy set value (exact cut of the set, share of the greedy oracle's)",
+        refs=[Ref("oracle", value=1.0)],
+    ),
     Panel("auc_asked", "AUC after asking", refs=[Ref("Bayes after the oracle's answers", "auc_asked")]),
     Panel("brier_asked", "Brier after asking", refs=[Ref("Bayes after the oracle's answers", "brier_asked")]),
     Panel("ask_outside_pool", "asks outside the pool (share)", refs=[Ref("none", value=0.0, dash="dot")]),

@@ -5,8 +5,9 @@ Training step, per batch of B windows:
 1. A no-grad pass reads the day as logged (D0): the policy scores and the model's forecast posterior q0.
 2. The policy draws ``policy.samples`` sets of up to k hours from the pool (Gumbel-top-k, non-pool hours at
    -inf). Each set gets a detached reward: ``query_value`` (the exact variance cut of its hours),
-   ``info_gain`` (the model's own gain, from one extra no-grad pass over all sets with their answers
-   written in) or ``uncertainty`` (the ticket's proxy).
+   ``info_gain`` (the model's own gain on the latent, from one extra no-grad pass over all sets with their
+   answers written in), ``label_gain`` (from the same pass: how much the answers raise the model's
+   log-likelihood of the window's observed next-day label) or ``uncertainty`` (the ticket's proxy).
 3. One gradient pass over [D0 ; D0 + answers] (a single forward call, which distributed data parallel
    needs): the answer half reveals the policy's first draw for some windows and a random pool draw for the
    others (``policy.random_reveal``), so the posterior learns what answers do to its uncertainty on
@@ -31,6 +32,7 @@ from aline.training.losses import (
     LossParts,
     bce_loss,
     info_gain_reward,
+    label_gain_reward,
     posterior_nll,
     posterior_of,
     resolve_posterior,
@@ -39,7 +41,7 @@ from aline.training.losses import (
 )
 
 Batch = dict[str, Tensor]
-REWARDS = ("query_value", "info_gain", "uncertainty")
+REWARDS = ("query_value", "info_gain", "label_gain", "uncertainty")
 
 __all__ = [
     "REWARDS",
@@ -52,14 +54,17 @@ __all__ = [
 ]
 
 
-def resolve_reward(reward: str, *, has_query_value: bool, has_answers: bool) -> str:
-    """``policy.reward=auto``: the exact query value when the data has it, else ALINE's info gain when
-    answers exist, else the uncertainty proxy. Other values pass through."""
+def resolve_reward(reward: str, *, has_query_value: bool, has_answers: bool, has_truth: bool) -> str:
+    """``policy.reward=auto``: the exact query value when the training data has it; else, with answers,
+    ALINE's info gain when it has the latent truth and the label gain when it has labels only; else the
+    uncertainty proxy. Other values pass through."""
     if reward != "auto":
         return reward
     if has_query_value:
         return "query_value"
-    return "info_gain" if has_answers else "uncertainty"
+    if has_answers:
+        return "info_gain" if has_truth else "label_gain"
+    return "uncertainty"
 
 
 def resolve_info_gain(form: str, *, has_truth: bool) -> str:
@@ -74,14 +79,15 @@ def resolve_info_gain(form: str, *, has_truth: bool) -> str:
 
 @dataclass(frozen=True)
 class LoopSpec:
-    """What the loop needs beyond the config: the asked feature's input column (None: no answers)."""
+    """What the loop needs beyond the config: the input column answers are revealed into, the answer
+    channel after the features (None: no question, no answers)."""
 
     feature: int | None
 
     @classmethod
     def from_config(cls, cfg: Config) -> LoopSpec:
-        name = cfg.data.columns.asked_feature
-        return cls(None if name is None else cfg.data.columns.features.index(name))
+        cols = cfg.data.columns
+        return cls(None if cols.asked_feature is None else len(cols.features))
 
 
 def _pool(batch: Batch) -> Tensor:
@@ -164,15 +170,18 @@ def _set_reward(
         return (a * batch["query_value"]).sum(-1)
     if reward == "uncertainty":
         return (a * asking_uncertainty(out0)).sum(-1) / cfg.policy.k
-    if reward == "info_gain":
+    if reward in ("info_gain", "label_gain"):
         if not _has_answers(batch, spec):
-            raise KeyError("loop_loss: policy.reward=info_gain needs answers (data.columns.answers)")
+            raise KeyError(f"loop_loss: policy.reward={reward} needs answers (data.columns.answers)")
         s, b = asked_s.shape[:2]
         x, mask = batch["x"], batch["mask"]
         xs, ms = asking.reveal(
             x.expand(s, *x.shape), mask.expand(s, *mask.shape), batch["answer"], asked_s, spec.feature
         )
         outs = bare(xs.reshape(s * b, *x.shape[1:]), ms.reshape(s * b, *mask.shape[1:]))
+        if reward == "label_gain":
+            logit1 = outs.logit_next.reshape(s, b)  # [S, B]
+            return label_gain_reward(out0.logit_next, logit1, batch["y"], cfg.policy.label_gain)
         m0, v0 = asking.forecast_moments(out0, w)  # [B]
         m1, v1 = asking.forecast_moments(outs, w)
         form = resolve_info_gain(cfg.policy.info_gain, has_truth="z" in batch)

@@ -222,6 +222,35 @@ def info_gain_reward(
     raise ValueError(f"info_gain_reward: unknown form {form!r}; choose variance or logprob")
 
 
+def label_gain_reward(
+    logit0: Tensor, logit1: Tensor, y: Tensor, form: Literal["observed", "expected"] = "observed"
+) -> Tensor:
+    """The label's reward for one question set, detached: how much its answers raise the model's
+    log-likelihood of the next-day outcome. Logits before (``[B]``) and after (``[S, B]``) the answers.
+
+    ``observed``: ``log p1(y) - log p0(y)`` at the window's own label ``y`` [B]. Its mean over windows
+    estimates the expected gain in log score from asking, without bias whatever the model (the label is
+    the real outcome); its noise is the label's. ``expected``: ``KL(p1 || p0)``, the mean of the observed
+    form over ``y ~ p1``: the same quantity when the forecast after the answers is calibrated, with none
+    of the label's noise, and no label needed.
+    """
+    logit0 = logit0.detach()
+    logit1 = logit1.detach()
+    if form == "observed":
+        y = y.to(logit1.dtype)
+        # -BCE is log p(y); computed from logits, so a confident forecast gives no log(0).
+        log_p1 = -F.binary_cross_entropy_with_logits(logit1, y.expand_as(logit1), reduction="none")
+        log_p0 = -F.binary_cross_entropy_with_logits(logit0, y, reduction="none")
+        return log_p1 - log_p0
+    if form == "expected":
+        p1 = torch.sigmoid(logit1)
+        # KL(Bern(p1) || Bern(p0)) with log-probabilities from logsigmoid: finite at any logit.
+        return p1 * (F.logsigmoid(logit1) - F.logsigmoid(logit0)) + (1.0 - p1) * (
+            F.logsigmoid(-logit1) - F.logsigmoid(-logit0)
+        )
+    raise ValueError(f"label_gain_reward: unknown form {form!r}; choose observed or expected")
+
+
 def select_topk_hours(scores: Tensor, k: int) -> Tensor:
     """The k highest-scoring hours of each window, sorted ascending, ``[B, k]``: the policy at evaluation."""
     _check_k(scores, k)

@@ -57,6 +57,7 @@ __all__ = [
     "ECE",
     "LastValue",
     "PRAUC",
+    "PolicySetValue",
     "ROCAUC",
     "BinaryMetric",
     "Brier",
@@ -300,6 +301,28 @@ class PolicyValue(WindowMetric):
         return got / best
 
 
+class PolicySetValue(WindowMetric):
+    """The exact cut in Var(w*.Z_23) of the policy's whole asked set, summed over windows, as a share of
+    the greedy oracle sets' cut: unlike :class:`PolicyValue` it counts what answers say in common once.
+    ``set_value`` maps an asked mask [N, hours] (windows in index order) to that share; None (no exact
+    model for the data) gives NaN."""
+
+    def __init__(
+        self,
+        set_value: Callable[[np.ndarray], float] | None,
+        hours: int = contract.HOURS,
+        output_transform: Transform = _identity,
+        device: Device = "cpu",
+    ) -> None:
+        self.set_value = set_value
+        super().__init__({"asked": hours}, output_transform=output_transform, device=device)
+
+    def compute_from(self, columns: dict[str, np.ndarray]) -> float:
+        if self.set_value is None:
+            return float("nan")
+        return float(self.set_value(columns["asked"] > 0.5))
+
+
 class AskOutsidePool(WindowMetric):
     """Share of the policy's asks that fall outside the question pool (0 when it asked nothing)."""
 
@@ -370,8 +393,11 @@ class TopkFrequency(WindowMetric):
         return asked.mean(axis=0)  # [hours]
 
 
-def validation_metrics(k: int, bins: int = scoring.ECE_BINS) -> dict[str, Metric]:
-    """Fresh validation metrics under their metrics.csv names plus the two per-epoch tables."""
+def validation_metrics(
+    k: int, bins: int = scoring.ECE_BINS, set_value: Callable[[np.ndarray], float] | None = None
+) -> dict[str, Metric]:
+    """Fresh validation metrics under their metrics.csv names plus the two per-epoch tables
+    (``set_value``: see :class:`PolicySetValue`)."""
     metrics: dict[str, Metric] = {name: WindowMean(col) for name, col in MEAN_COLUMNS.items()}
     metrics.update(
         auc=ROCAUC(),
@@ -379,6 +405,7 @@ def validation_metrics(k: int, bins: int = scoring.ECE_BINS) -> dict[str, Metric
         brier=Brier(),
         ece=ECE(bins),
         policy_value=PolicyValue(),
+        policy_set_value=PolicySetValue(set_value),
         ask_outside_pool=AskOutsidePool(),
         brier_asked=AskedForecast("brier"),
         auc_asked=AskedForecast("auc"),
@@ -394,10 +421,15 @@ def validation_metrics(k: int, bins: int = scoring.ECE_BINS) -> dict[str, Metric
     return metrics
 
 
-def attach_validation_metrics(evaluator: Engine, k: int, bins: int = scoring.ECE_BINS) -> None:
+def attach_validation_metrics(
+    evaluator: Engine,
+    k: int,
+    bins: int = scoring.ECE_BINS,
+    set_value: Callable[[np.ndarray], float] | None = None,
+) -> None:
     """Attach every validation metric to ``evaluator`` (epoch-wise): the ``contract.VAL_METRICS`` scalars,
     ``"calibration"`` (an :class:`aline.scoring.CalibrationTable`) and ``"topk_frequency"`` (array [24])."""
-    for name, metric in validation_metrics(k, bins).items():
+    for name, metric in validation_metrics(k, bins, set_value).items():
         metric.attach(evaluator, name)
 
 

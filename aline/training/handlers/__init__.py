@@ -123,7 +123,8 @@ def attach_all(
     run_dir = Path(run_dir)
     scored = model if scored_model is None else scored_model
     logger = setup_logging(run_dir)
-    status = RunStatus(run_dir / STATUS_FILE, oracle)
+    free = cfg.data.oracle_free
+    status = RunStatus(run_dir / STATUS_FILE, oracle, free if isinstance(free, bool) else None)
     metrics_csv = MetricsCSV(run_dir / METRICS_FILE)
     calibration_csv = CalibrationCSV(run_dir / CALIBRATION_FILE)
     topk_csv = TopkCSV(run_dir / TOPK_FILE)

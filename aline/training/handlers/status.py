@@ -46,7 +46,12 @@ class RunStatus:
     write, the heartbeat's included, holds one lock, so two writes never interleave.
     """
 
-    def __init__(self, path: str | os.PathLike[str], oracle: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        oracle: Mapping[str, Any] | None = None,
+        oracle_free: bool | None = None,
+    ) -> None:
         self.path = Path(path)
         previous: dict[str, Any] = {}
         if self.path.exists():
@@ -68,6 +73,8 @@ class RunStatus:
             "max_epochs": previous.get("max_epochs"),
             "best": previous.get("best"),
             "oracle": dict(oracle) if oracle is not None else previous.get("oracle"),
+            # Whether training read no reference column (the run's data.oracle_free, resolved).
+            "oracle_free": oracle_free if oracle_free is not None else previous.get("oracle_free"),
         }
         self._lock = threading.RLock()  # every read-modify-write of self.data holds it
         self._stop_beat = threading.Event()
