@@ -268,9 +268,14 @@ class Predictor:
     def k(self) -> int:
         return self.cfg.policy.k
 
-    def read(self, data: pd.DataFrame | str | Path, *, require_targets: bool = False) -> RawSplit:
-        """Validate hourly rows as training does; a DataFrame goes through the same CSV reader."""
+    def read(
+        self, data: pd.DataFrame | str | Path, *, require_targets: bool = False, answers: bool = False
+    ) -> RawSplit:
+        """Validate hourly rows as training does; a DataFrame goes through the same CSV reader. Prediction
+        input (``require_targets=False``) reads the answer column only with ``answers``."""
         columns = self.cfg.data.columns
+        if not (require_targets or answers):
+            columns = columns.model_copy(update={"answers": None})
         if isinstance(data, (str, Path)):
             return read_split(data, columns, require_targets=require_targets)
         import pandas as pd
@@ -306,12 +311,8 @@ class Predictor:
         :class:`aline.data.DataError`. An answer at an hour that cannot be asked is dropped, with a warning
         through ``warn`` (default: :func:`warnings.warn`).
         """
-        raw = self.read(data)
-        if not answers:
-            import dataclasses
-
-            raw = dataclasses.replace(raw, answers=None, asked_feature=None)
-        elif raw.answers is None:
+        raw = self.read(data, answers=answers)
+        if answers and raw.answers is None:
             raise DataError(
                 f"{raw.path}: answers were asked for, but the input has no answer column "
                 f"({', '.join(self.cfg.data.columns.answers or {}) or 'the run asks no question'}: "
