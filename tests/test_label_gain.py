@@ -398,3 +398,19 @@ def test_policy_set_value_scores_the_asked_sets_in_window_order() -> None:
     none.reset()
     none.update({"index": torch.arange(2), "asked": torch.zeros(2, HOURS)})
     assert np.isnan(none.compute())
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_predict_answers_without_an_answer_column_exits_2(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    day = tmp_path / "day.csv"
+    frame = pd.read_csv(load_config(run / "config.yaml").data.split_path("val"))
+    frame.drop(columns=["ask_symptom_score"]).to_csv(day, index=False)
+    cmd = [sys.executable, "-m", "aline.predict", str(run), str(day), "--answers", "--out", "-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "ask_symptom_score" in proc.stderr and "no answer column" in proc.stderr
+    # A stray, unreadable answer column is no concern of a plain prediction.
+    frame.assign(ask_symptom_score="n/a").to_csv(day, index=False)
+    plain = subprocess.run(cmd[:-3] + ["--out", "-"], capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
