@@ -34,11 +34,11 @@ from aline.data.shared import SharedSplit, open_splits
 from aline.model.asking import answer_mapping_problem, drop_unaskable_answers, has_answer_channel, pool_mask
 from aline.model.network import build_model, unwrap
 from aline.scoring import binary_scores
+from aline.training.closed_loop import resolve_info_gain, resolve_reward
 from aline.training.engine import make_loader, setup_averaging, setup_evaluator, setup_trainer
 from aline.training.handlers import CheckpointError, RunHandlers, install_sigterm_handler
 from aline.training.init_from import InitFrom, load_init
 from aline.training.launch import Launch, RankFailed, rank_data, run_ranks
-from aline.training.loop import resolve_info_gain, resolve_reward
 from aline.training.losses import resolve_mean_target, resolve_posterior
 from aline.training.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 

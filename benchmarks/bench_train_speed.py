@@ -29,8 +29,8 @@ from aline.data import load_splits
 from aline.data.dataset import Normalizer
 from aline.model.network import build_model
 from aline.train import build_optimizer, resolve_config, setup_run, window_dataset
+from aline.training.closed_loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
 from aline.training.engine import make_loader
-from aline.training.loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
 
 
 def bare_loop(cfg, splits, epochs: int) -> float:

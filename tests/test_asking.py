@@ -15,7 +15,7 @@ from aline.config import load_config
 from aline.data import RawSplit
 from aline.model import asking
 from aline.model.network import AlineModel
-from aline.training.loop import LoopSpec, loop_eval, loop_loss, resolve_info_gain, resolve_reward
+from aline.training.closed_loop import LoopSpec, loop_eval, loop_loss, resolve_info_gain, resolve_reward
 
 HOURS = 24
 

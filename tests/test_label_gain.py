@@ -19,7 +19,7 @@ from aline.config import load_config
 from aline.data import DataError, load_splits
 from aline.model import asking
 from aline.model.network import AlineModel
-from aline.training.loop import LoopSpec, loop_eval, loop_loss
+from aline.training.closed_loop import LoopSpec, loop_eval, loop_loss
 from aline.training.losses import label_gain_reward, set_policy_loss
 from aline.training.metrics import PolicySetValue
 

@@ -19,7 +19,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from aline.config import Config
 from aline.data.dataset import keep_batch
-from aline.training.loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
+from aline.training.closed_loop import LoopSpec, loop_eval, loop_loss, loop_loss_with_first
 
 Batch = dict[str, torch.Tensor]
 
@@ -52,7 +52,7 @@ def setup_trainer(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
 ) -> Engine:
-    """Trainer engine: one optimisation step of the closed loop (:func:`aline.training.loop.loop_loss`)
+    """Trainer engine: one optimisation step of the closed loop (:func:`aline.training.closed_loop.loop_loss`)
     per batch."""
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
     params = [p for p in model.parameters() if p.requires_grad]

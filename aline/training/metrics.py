@@ -14,7 +14,7 @@ the best hours hold no query value at all.
 The evaluator's output contract (one row per window, B rows per batch, detached tensors):
 ``index`` [B] int, ``p`` [B], ``y`` [B] in {0, 1}, ``loss``/``loss_post``/``loss_policy``/``loss_bce`` [B],
 ``post_sq_err`` [B], ``sigma_abs_err`` [B], ``policy_qv`` [B], ``best_qv`` [B], and from the closed loop
-(:func:`aline.training.loop.loop_eval`) ``asked`` [B, 24] and ``pool`` [B, 24] (0/1), ``p_asked`` [B]
+(:func:`aline.training.closed_loop.loop_eval`) ``asked`` [B, 24] and ``pool`` [B, 24] (0/1), ``p_asked`` [B]
 (p_next after the policy's answers; NaN without answers) and ``gain_rho`` [B] (NaN for windows where it was
 not computed).
 """
