@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 import torch
 from helpers.evalhelp import make_data, make_run
+from helpers.loop_training import train_steps
 
 from aline import evaluate, scoring
 from aline.config import load_config
 from aline.data import DataError, load_splits
 from aline.model import asking
 from aline.model.network import AlineModel
-from aline.training.closed_loop import LoopSpec, loop_eval, loop_loss
+from aline.training.closed_loop import LoopSpec, loop_eval
 from aline.training.losses import label_gain_reward, set_policy_loss
 from aline.training.metrics import PolicySetValue
 
@@ -130,12 +131,7 @@ def test_the_label_reward_learns_to_ask_the_hour_that_decides_the_label(one_torc
         return float((res["asked"] * val["key"]).sum(1).mean())
 
     before = asks_the_key_hour()
-    for _ in range(200):
-        model.train()
-        parts = loop_loss(model, _key_hour_batch(128, rng), cfg, spec)
-        opt.zero_grad()
-        parts.total.mean().backward()
-        opt.step()
+    train_steps(model, opt, _key_hour_batch, cfg, 200, rng)
     after = asks_the_key_hour()
     # Three random awake hours hold the key one a quarter of the time.
     assert after > 0.8 and after > before + 0.5, (before, after)
