@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers.loop_training import train_steps
+from helpers.loop_training import toy_config, train_steps
+from helpers.rawsplit import raw_split
 
-from aline.config import load_config
 from aline.data import RawSplit
 from aline.model import asking
 from aline.model.network import AlineModel
@@ -22,22 +21,7 @@ HOURS = 24
 
 
 def _raw(features: np.ndarray, answers: np.ndarray | None, names=("asleep", "rating", "steps")) -> RawSplit:
-    n = features.shape[0]
-    return RawSplit(
-        path=Path("mem.csv"),
-        window_id=np.arange(n),
-        features=features.astype(np.float32),
-        feature_names=tuple(names),
-        z=None,
-        sigma=None,
-        post_mean=None,
-        y=None,
-        query_value=None,
-        p_bayes=None,
-        p_true=None,
-        answers=None if answers is None else answers.astype(np.float32),
-        asked_feature=None if answers is None else "rating",
-    )
+    return raw_split(features, names, answers, "rating")
 
 
 def test_the_datasets_answers_are_the_asked_features_standardised_value(monkeypatch) -> None:
@@ -227,19 +211,7 @@ def _toy_batch(n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
 def test_info_gain_learns_to_ask_the_reliable_hours(one_torch_thread):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    cfg = load_config(
-        None,
-        [
-            "data.columns.features=[asleep, rating, reliable]",
-            "data.columns.latents=[s]",
-            "data.columns.answers={rating: ask_rating}",
-            "policy.unaskable_when=[asleep]",
-            "policy.reward=info_gain",
-            "policy.samples=4",
-            "policy.random_reveal=0.5",
-            "loss.alpha=1.0",
-        ],
-    )
+    cfg = toy_config("reliable", "policy.reward=info_gain", "policy.random_reveal=0.5")
     spec = LoopSpec.from_config(cfg)
     model = AlineModel(4, 1, d_model=32, heads=2, layers=1, ff_dim=64)  # 3 features + the answer channel
     # A high lr: the task is small, and the test must stay quick.

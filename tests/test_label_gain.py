@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 from helpers.evalhelp import make_data, make_run
-from helpers.loop_training import train_steps
+from helpers.loop_training import toy_config, train_steps
+from helpers.rawsplit import raw_split
 
 from aline import evaluate, scoring
 from aline.config import load_config
@@ -103,20 +104,7 @@ def _key_hour_batch(n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]
 def test_the_label_reward_learns_to_ask_the_hour_that_decides_the_label(one_torch_thread) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    cfg = load_config(
-        None,
-        [
-            "data.columns.features=[asleep, rating, key]",
-            "data.columns.latents=[s]",
-            "data.columns.answers={rating: ask_rating}",
-            "policy.unaskable_when=[asleep]",
-            "policy.reward=label_gain",
-            "policy.k=3",
-            "policy.samples=4",
-            "loss.posterior=none",
-            "loss.alpha=1.0",
-        ],
-    )
+    cfg = toy_config("key", "policy.reward=label_gain", "policy.k=3", "loss.posterior=none")
     spec = LoopSpec.from_config(cfg)
     assert spec.feature == 3  # the answer channel after the three features
     model = AlineModel(4, 1, d_model=32, layers=1, detach_prediction=False)
@@ -176,25 +164,8 @@ def test_answers_at_unaskable_hours_are_dropped_with_a_count(tmp_path: Path) -> 
 
 
 def _raw(logged: np.ndarray, answers: np.ndarray):
-    from aline.data import RawSplit
-
-    n = logged.shape[0]
-    feats = np.stack([np.zeros_like(logged), logged], axis=-1).astype(np.float32)
-    return RawSplit(
-        path=Path("mem.csv"),
-        window_id=np.arange(n),
-        features=feats,
-        feature_names=("asleep", "heart_rate"),
-        z=None,
-        sigma=None,
-        post_mean=None,
-        y=None,
-        query_value=None,
-        p_bayes=None,
-        p_true=None,
-        answers=answers.astype(np.float32),
-        asked_feature="heart_rate",
-    )
+    feats = np.stack([np.zeros_like(logged), logged], axis=-1)
+    return raw_split(feats, ("asleep", "heart_rate"), answers, "heart_rate")
 
 
 def test_the_answers_mapping_is_checked_by_range_and_by_agreement() -> None:

@@ -28,3 +28,22 @@ def train_steps(
         opt.zero_grad()
         parts.total.mean().backward()
         opt.step()
+
+
+def toy_config(cue: str, *overrides: str) -> Config:
+    """The config of a toy loop task: features ``asleep``, ``rating`` (the asked one, answered in
+    ``ask_rating``) and a visible ``cue``; one latent; asleep hours cannot be asked."""
+    from aline.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"data.columns.features=[asleep, rating, {cue}]",
+            "data.columns.latents=[s]",
+            "data.columns.answers={rating: ask_rating}",
+            "policy.unaskable_when=[asleep]",
+            "policy.samples=4",
+            "loss.alpha=1.0",
+            *overrides,
+        ],
+    )
