@@ -426,18 +426,42 @@ def _override_keys(overrides: list[str]) -> dict[tuple[str, ...], str]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load ``path`` (YAML; built-in defaults when None), apply overrides, validate everything at once."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
+    text = None
     if path is not None:
-        source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            data = Path(path).read_bytes()
         except OSError as err:
             raise ConfigError(f"config file {path}: cannot read it ({err.strerror or err})") from None
+        text = config_text(data, path)
+    return load_config_text(text, path, overrides)
+
+
+def config_text(data: bytes, path: str | Path) -> str:
+    """The UTF-8 text of a config file's bytes, or a ConfigError naming the line that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path}: line {line}: not UTF-8 text ({err.reason} at byte {err.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def load_config_text(
+    text: str | None, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """:func:`load_config` of YAML text already read from ``path`` (None: the built-in defaults)."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if text is not None:
+        source = str(path)
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path}: not usable YAML (nested too deeply)") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
     overrides = list(overrides)
