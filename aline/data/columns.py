@@ -25,6 +25,9 @@ def read_header(path: Path) -> list[str]:
         return parquet_header(path)
     with path.open("rb") as fh:
         raw = fh.readline()
+    # The first line ends at \n, \r\n or a lone \r (a file saved with old Mac line ends is one long
+    # "line" to readline).
+    raw = raw.split(b"\r", 1)[0] if b"\r" in raw else raw
     try:
         first = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -33,7 +36,10 @@ def read_header(path: Path) -> list[str]:
         raise DataError(f"{path}: the file is empty (expected a header line with column names)")
     # Names are kept exactly as written (pyarrow matches them so): " hour" is not "hour", and the
     # missing-column message then suggests the near miss.
-    return next(csv.reader([first.rstrip("\r\n")]))
+    try:
+        return next(csv.reader([first.rstrip("\r\n")]))
+    except csv.Error as err:
+        raise DataError(f"{path}: line 1: not a CSV header line ({err})") from None
 
 
 @dataclass(frozen=True)
