@@ -22,6 +22,7 @@ from aline.config_overrides import (
     override_keys,
     parse_overrides,
     read_yaml_file,
+    yaml_tree,
 )
 
 DEFAULT_DATA_DIR = "data"
@@ -599,13 +600,24 @@ def load_config(
     encoder preset from ``configs/model/`` on top of a cohort's config). Overrides win over every file.
     """
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    return _validated([(read_yaml_file(one), str(one)) for one in paths], overrides)
+
+
+def load_config_text(
+    text: str | None, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """:func:`load_config` of YAML text already read from ``path`` (None: the built-in defaults)."""
+    trees = [] if text is None else [(yaml_tree(text, path), str(path))]
+    return _validated(trees, overrides)
+
+
+def _validated(trees: list[tuple[dict[str, Any], str]], overrides: list[str] | tuple[str, ...]) -> Config:
     raw: dict[str, Any] = {}
     files: dict[tuple[str, ...], str] = {}  # key path -> the file that set it last
-    for one in paths:
-        tree = read_yaml_file(one)
+    for tree, source in trees:
         raw = merge(raw, tree)
-        files.update((key, str(one)) for key in key_paths(tree))
-    source = ", ".join(map(str, paths)) or "defaults"
+        files.update((key, source) for key in key_paths(tree))
+    source = ", ".join(src for _, src in trees) or "defaults"
     overrides = list(overrides)
     raw = merge(raw, parse_overrides(overrides))
     try:

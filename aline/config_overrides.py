@@ -22,13 +22,32 @@ class ConfigError(ValueError):
 def read_yaml_file(path: str | Path) -> dict[str, Any]:
     """A config file's sections as a nested dict; any problem as one ConfigError naming the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot read it ({err.strerror or err})") from None
+    return yaml_tree(config_text(data, path), path)
+
+
+def config_text(data: bytes, path: str | Path) -> str:
+    """The UTF-8 text of a config file's bytes, or a ConfigError naming the line that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path}: line {line}: not UTF-8 text ({err.reason} at byte {err.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def yaml_tree(text: str, path: str | Path | None) -> dict[str, Any]:
+    """Config YAML text as a nested dict of sections; any problem as one ConfigError naming the file."""
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: not usable YAML (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
     return raw

@@ -31,7 +31,7 @@ LAST_CHECKPOINT = "last.pt"
 NORMALIZER_FILE = "normalizer.json"
 LOG_FILE = "train.log"
 EVAL_DIR = "eval"
-# Held by the training process (aline.training.ownership): host, pid and token; its mtime is the heartbeat.
+# Held by the training process (aline.runs.ownership): host, pid and token; its mtime is the heartbeat.
 LOCK_FILE = "owner.lock"
 
 # --- status.json ----------------------------------------------------------------------------------------
@@ -155,10 +155,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+# Above any pid a kernel hands out (Linux: 2**22); os.kill would overflow on a larger number.
+PID_MAX = 1 << 22
+
+
 def _pid_alive(pid: int) -> bool:
+    # 0 and negative numbers name process groups, not a process: os.kill(0, 0) would always succeed.
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= PID_MAX:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # alive, owned by another user
         return True
@@ -181,7 +188,7 @@ def display_state(status: dict[str, Any], *, now: float | None = None, this_host
     beat = status.get("heartbeat") or status.get("updated")
     try:
         beat_s = datetime.fromisoformat(str(beat).replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # OverflowError: a date near year 1 with an offset
         beat_s = None
     if beat_s is not None and now - beat_s > HEARTBEAT_STALE_S:
         return STATE_INTERRUPTED

@@ -34,6 +34,7 @@ from aline.evaluation.baselines import (
 )
 from aline.evaluation.strategies import POLICY_NAMES, asking_report, top_in_pool
 from aline.predict import Prediction, Predictor, RunError, load, positive_int
+from aline.runs import RunFolder
 from aline.scoring import best_fixed_hours, oracle_value
 
 COVERAGE_LEVEL = 0.90
@@ -212,8 +213,7 @@ def evaluate(
         ratios["post_mse_vs_floor"] = report["post_mse"] / oracle["post_mse_floor"]
     report["ratios"] = ratios
 
-    out_dir = predictor.run_dir / contract.EVAL_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = RunFolder(predictor.run_dir).output_dir(contract.EVAL_DIR)  # never through a link
     predictions_path = out_dir / f"{split}_predictions.csv"
     _write_predictions(predictions_path, raw, pred, p_logreg, uncertainty_hours, qv_trained, qv_oracle)
     figure_paths = _write_figures(out_dir, split, report, raw, p, p_logreg) if figures else []

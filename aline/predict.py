@@ -15,13 +15,9 @@ CLI: ``python -m aline.predict RUN input.csv --out predictions.csv`` (one row pe
 from __future__ import annotations
 
 import argparse
-import json
-import pickle
-import re
 import sys
 import tempfile
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +26,7 @@ import numpy as np
 import torch
 
 from aline import contract
-from aline.config import Config, ConfigError, load_config
+from aline.config import Config, ConfigError
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, read_split
 from aline.data.dataset import Normalizer, answer_channel
@@ -44,6 +40,8 @@ from aline.model.asking import (
     reveal,
 )
 from aline.model.network import AlineModel, build_model
+from aline.runs import RunFileError, RunFolder
+from aline.runs.checkpoint import load_checkpoint, model_state, state_mismatch
 from aline.training.losses import uncertainty_reward
 
 if TYPE_CHECKING:
@@ -54,14 +52,15 @@ DEFAULT_BATCH_SIZE = 1024
 __all__ = ["Prediction", "Predictor", "RunError", "find_checkpoint", "load", "load_state_dict", "main"]
 
 
+# A run folder or checkpoint that cannot be used; ``str(err)`` names the file and what is wrong. One class
+# with the run folder's own (aline.runs), so a CheckpointError is a RunError too.
+RunError = RunFileError
+
+
 def _warn(message: str) -> None:
     import warnings
 
     warnings.warn(message.removeprefix("warning: "), UserWarning, stacklevel=3)
-
-
-class RunError(ValueError):
-    """A run folder or checkpoint that cannot be used; ``str(err)`` names the file and what is wrong."""
 
 
 def positive_int(text: str) -> int:
@@ -88,94 +87,36 @@ def _resolve_run(run_or_checkpoint: str | Path) -> tuple[Path, Path | None]:
 
 
 def find_checkpoint(run_dir: str | Path) -> Path:
-    """The run's best checkpoint (``status.json`` → ``best.checkpoint``); ``last.pt`` if none is recorded."""
-    run_dir = Path(run_dir)
-    status_path = run_dir / contract.STATUS_FILE
-    best: Any = None
-    if status_path.is_file():
-        try:
-            status = json.loads(status_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RunError(f"{status_path}: not readable JSON ({err})") from None
-        best = (status.get("best") or {}).get("checkpoint") if isinstance(status, dict) else None
-    if isinstance(best, str) and best:
-        path = run_dir / best
-        if not path.is_file():
-            raise RunError(f"{status_path}: best.checkpoint {best!r} does not exist ({path})")
-        return path
-    last = run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT
-    if last.is_file():
-        return last
-    raise RunError(
-        f"{run_dir}: no checkpoint to load ({contract.STATUS_FILE} names no best checkpoint and "
-        f"{contract.CHECKPOINT_DIR}/{contract.LAST_CHECKPOINT} is missing); is it a run folder that "
-        "finished at least one epoch?"
-    )
+    """The run's best checkpoint (``status.json`` → ``best.checkpoint``, a file of its ``checkpoints/``);
+    ``last.pt`` if none is recorded. RunError for anything else."""
+    return RunFolder(run_dir).best_checkpoint()
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path, run_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
     """The model's state_dict from a checkpoint, read weights-only (no arbitrary code can run).
 
-    Accepts the trainer's checkpoints (state_dict under ``"model"``) and a bare state_dict.
-    """
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL (\S+)", str(err))
-        if found is None:  # not a forbidden object but bytes that are no pickle at all
-            raise RunError(
-                f"{path}: not a readable torch checkpoint (UnpicklingError: {_first_line(err)})"
-            ) from None
-        raise RunError(
-            f"{path}: refused: the checkpoint holds pickled Python objects (here {found.group(1)}), which a "
-            "weights-only load does not execute. Only tensors and plain containers are accepted; re-save "
-            "the model's state_dict."
-        ) from None
-    except FileNotFoundError:
-        raise RunError(f"{path}: checkpoint file not found") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise RunError(
-            f"{path}: not a readable torch checkpoint ({type(err).__name__}: {_first_line(err)})"
-        ) from None
-    state = payload.get("model") if isinstance(payload, Mapping) and "model" in payload else payload
-    if not (
-        isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values())
-    ):
-        raise RunError(
-            f"{path}: no model weights found (expected a state_dict of tensors under key 'model', "
-            "or a bare state_dict)"
-        )
-    return dict(state)
-
-
-def state_mismatch(err: RuntimeError) -> str:
-    """The informative lines of torch's ``load_state_dict`` error (missing, unexpected, mis-sized keys)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return " ".join(lines[1:4] or lines[:1])
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    Accepts the trainer's checkpoints (state_dict under ``"model"``) and a bare state_dict. With
+    ``run_dir``, a checkpoint inside that run folder is opened without following a link."""
+    if run_dir is not None:
+        return RunFolder(run_dir).model_state(path)
+    return model_state(load_checkpoint(path), path)
 
 
 def _load_run_config(run_dir: Path) -> Config:
-    path = run_dir / contract.CONFIG_FILE
-    if not path.is_file():
+    if not (run_dir / contract.CONFIG_FILE).exists() and not (run_dir / contract.CONFIG_FILE).is_symlink():
         raise RunError(f"{run_dir}: no {contract.CONFIG_FILE}; is it a run folder (runs/<run>/)?")
     try:
-        return load_config(path)
+        return RunFolder(run_dir).load_config()
     except ConfigError as err:
-        raise RunError(f"{path}: the run's config does not load: {err}") from None
+        raise RunError(f"the run's config does not load: {err}") from None
 
 
 def _load_normalizer(run_dir: Path, cfg: Config) -> Normalizer:
     path = run_dir / contract.NORMALIZER_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise RunError(f"{run_dir}: no {contract.NORMALIZER_FILE} (the feature statistics fitted on train)")
     try:
-        normalizer = Normalizer.load(path)
+        normalizer = RunFolder(run_dir).normalizer()
         normalizer.check_features(
             cfg.data.columns.features, where=f"{run_dir / contract.CONFIG_FILE} features"
         )
@@ -498,7 +439,7 @@ def load(
     cfg = _load_run_config(run_dir)
     normalizer = _load_normalizer(run_dir, cfg)
     ckpt = ckpt if ckpt is not None else find_checkpoint(run_dir)
-    state = load_state_dict(ckpt)
+    state = load_state_dict(ckpt, run_dir)
     model = build_model(cfg, n_features=len(normalizer.feature_names))
     try:
         model.load_state_dict(state)

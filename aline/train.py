@@ -7,6 +7,7 @@ errors to exit codes (0 success, 2 invalid config or data, 1 failure during trai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,6 @@ from typing import Any
 import ignite.distributed as idist
 import numpy as np
 import torch
-import yaml
 from ignite.engine import Engine
 from torch.utils.data import DataLoader
 
@@ -33,14 +33,16 @@ from aline.data.dataset import Normalizer, WindowDataset
 from aline.data.shared import SharedSplit, open_splits
 from aline.model.asking import answer_mapping_problem, drop_unaskable_answers, has_answer_channel, pool_mask
 from aline.model.network import build_model, unwrap
+from aline.runs import RunFileError, RunFolder
+from aline.runs.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
+from aline.runs.status import status_int
 from aline.scoring import binary_scores
 from aline.training.closed_loop import resolve_info_gain, resolve_reward
 from aline.training.engine import make_loader, setup_averaging, setup_evaluator, setup_trainer
-from aline.training.handlers import CheckpointError, RunHandlers, install_sigterm_handler
+from aline.training.handlers import RunHandlers, install_sigterm_handler
 from aline.training.init_from import InitFrom, load_init
 from aline.training.launch import Launch, RankFailed, rank_data, run_ranks
 from aline.training.losses import resolve_mean_target, resolve_posterior
-from aline.training.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 
 
 @dataclass
@@ -222,16 +224,35 @@ def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
         refs["post_mse_floor"] = float((val.sigma.astype("float64") ** 2).mean())
     meta_path = cfg.data.meta_path
     if meta_path.is_file():
-        split = json.loads(meta_path.read_text()).get("splits", {}).get("val", {})
+        split = _meta_val_split(meta_path)
         for key in ("logreg_auc", "best_fixed_share", "random_share"):
-            if isinstance(split.get(key), (int, float)):
+            if _finite(split.get(key)):
                 refs[key] = float(split[key])
         # The exact-Bayes forecast after the oracle's k answers (simulator meta: asked.oracle.{auc,brier}).
-        oracle_asked = (split.get("asked") or {}).get("oracle") or {}
+        asked = split.get("asked")
+        oracle_asked = asked.get("oracle") if isinstance(asked, dict) else None
+        oracle_asked = oracle_asked if isinstance(oracle_asked, dict) else {}
         for key in ("auc", "brier"):
-            if isinstance(oracle_asked.get(key), (int, float)):
+            if _finite(oracle_asked.get(key)):
                 refs[f"{key}_asked"] = float(oracle_asked[key])
     return refs
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+
+
+def _meta_val_split(path: Path) -> dict[str, Any]:
+    """The simulator meta file's ``splits.val`` object ({} where the file has none); DataError when the
+    file is not readable JSON."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise DataError(f"{path}: not a readable meta JSON file ({why})") from None
+    splits = meta.get("splits") if isinstance(meta, dict) else None
+    split = splits.get("val") if isinstance(splits, dict) else None
+    return split if isinstance(split, dict) else {}
 
 
 def exact_set_share(cfg: Config, val: RawSplit):
@@ -257,18 +278,26 @@ def _record_fault(run_dir: Path, reason: str, what: str = "cannot resume") -> No
     error): status.json failed with it, and a line in train.log."""
     from aline.training.handlers import RunStatus
 
+    folder = RunFolder(run_dir)
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")  # the format of the trainer's own log lines
-    with (run_dir / contract.LOG_FILE).open("a", encoding="utf-8") as log:
+    # Best effort: the fault itself may be that these files cannot be written (a link in their place).
+    with contextlib.suppress(RunFileError, OSError), folder.open_append(contract.LOG_FILE) as log:
         log.write(f"{stamp} ERROR {what}: {reason}\n")  # the console gets it once, from main()
-    RunStatus(run_dir / contract.STATUS_FILE).failed(reason)
+    with contextlib.suppress(RunFileError, OSError):
+        RunStatus(folder.file(contract.STATUS_FILE)).failed(reason)
 
 
-def _claim_for_resume(run_dir: Path, announce) -> RunOwner:
-    """Lock ``run_dir`` for this process; OwnershipError if its owner is alive, CheckpointError if its
-    checkpoints are unusable (then status.json and train.log say so)."""
-    from aline.training.handlers import CheckpointError, check_resumable
+def _claim_for_resume(run_dir: Path, announce, fresh: bool = False) -> RunOwner:
+    """Lock ``run_dir`` for this process; OwnershipError if its owner is alive, RunFileError if a run file
+    is a symbolic link (nothing is written then) or a CSV log has another header, CheckpointError if its
+    checkpoints are unusable (then status.json and train.log say so). ``fresh``: the run never started
+    (:meth:`RunFolder.never_started`), so there is no checkpoint to check."""
+    from aline.training.handlers import check_resumable
 
-    status = _read_status(run_dir)
+    folder = RunFolder(run_dir)
+    if folder.links() or folder.not_files():
+        folder.check_writable()  # raises, naming them: before anything is written
+    status = folder.status_or_empty()
     shown = contract.display_state(status)
     if shown == contract.STATE_RUNNING:  # also covers a trainer too old to hold the lock file
         raise OwnershipError(
@@ -284,11 +313,13 @@ def _claim_for_resume(run_dir: Path, announce) -> RunOwner:
                 f"{status.get('host', '?')}) is gone; last heartbeat "
                 f"{status.get('heartbeat') or status.get('updated')}. Resuming from its last checkpoint."
             )
-        for tmp in owner.remove_leftovers():
+        for tmp in folder.remove_leftovers():
             announce(f"removed {tmp}, a temporary file left by an interrupted write")
         try:
-            check_resumable(run_dir)
-        except CheckpointError as err:
+            folder.check_writable()
+            if not fresh:
+                check_resumable(run_dir)
+        except RunFileError as err:  # CheckpointError included
             _record_fault(run_dir, str(err))
             raise
     except BaseException:
@@ -299,16 +330,16 @@ def _claim_for_resume(run_dir: Path, announce) -> RunOwner:
 
 def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
     """The config a run was started with, plus overrides (e.g. ``trainer.epochs=N`` to extend it)."""
-    path = run_dir / contract.CONFIG_FILE
-    if not path.is_file():
+    folder = RunFolder(run_dir)
+    if not run_dir.is_dir() or not folder.file(contract.CONFIG_FILE).exists():
         raise ConfigError(f"--resume {run_dir}: no {contract.CONFIG_FILE} there; is it a run folder?")
-    if not (run_dir / contract.CHECKPOINT_DIR / contract.LAST_CHECKPOINT).is_file():
+    if not folder.last_checkpoint.exists() and not folder.never_started():
         raise ConfigError(
             f"--resume {run_dir}: no {contract.CHECKPOINT_DIR}/{contract.LAST_CHECKPOINT} to resume from"
         )
-    cfg = load_config(path, overrides)
-    status = _read_status(run_dir)
-    done = int(status.get("epoch") or 0)
+    cfg = folder.load_config(overrides)
+    status = folder.status_or_empty()
+    done = status_int(status, "epoch")
     if status.get("state") == contract.STATE_FINISHED and done >= cfg.trainer.epochs:
         raise ConfigError(
             f"--resume {run_dir}: the run already finished {done} epochs; "
@@ -369,10 +400,10 @@ def setup_run(
     cfg = resolve_config(cfg, splits)
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
-    norm_path = run_path / contract.NORMALIZER_FILE
+    folder = RunFolder(run_path)
     # A resumed run keeps the statistics it was trained with, even if the CSVs changed since.
     if resume:
-        normalizer = Normalizer.load(norm_path)
+        normalizer = folder.normalizer()
     elif init is not None:  # fine-tuning keeps the inputs on the scale the weights were trained on
         normalizer = init.normalizer
     else:
@@ -400,11 +431,9 @@ def setup_run(
     if idist.get_rank() == 0:
         run_path.mkdir(parents=True, exist_ok=True)
         # On resume too: the overrides (trainer.epochs=N) are part of what the run now is.
-        contract.write_text_atomic(
-            run_path / contract.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        )
+        folder.write_config(cfg)
         if not resume:
-            normalizer.save(norm_path)
+            folder.save_normalizer(normalizer)
     idist.barrier()
 
     attached = handlers.attach_all(
@@ -459,19 +488,28 @@ def train(
     with launch.no_thread_pool():
         if resume is None:
             check_runs_root(cfg.run.dir)  # before any work, and without creating anything
+        # A run stopped before its first checkpoint starts again from scratch, in its own folder.
+        fresh = resume is not None and RunFolder(resume).never_started()
         splits = prepare_data(cfg, announce=announce)
         cfg = resolve_config(cfg, splits)
         # On resume the run's own last.pt and normaliser win; init_from only seeds a new run.
-        init = None if resume is not None else load_init(cfg)
+        init = None if resume is not None and not fresh else load_init(cfg)
         # Under torchrun every process runs this; rank 0 owns the folder and broadcasts its name.
         leader = int(os.environ.get("RANK", "0")) == 0
         owner: RunOwner | None = None
         if resume is not None:
             run_dir = Path(resume)
-            owner = _claim_for_resume(run_dir, announce) if leader else None
+            owner = _claim_for_resume(run_dir, announce, fresh) if leader else None
+            if fresh:
+                announce(
+                    f"{run_dir} never started (stopped before its first checkpoint): starting it again "
+                    "from scratch with its config.yaml"
+                )
         elif leader:
             run_dir = create_run_dir(cfg.run.dir, cfg.run.name)
             owner = RunOwner(run_dir).acquire()
+            # At once, so that a run killed while it sets up is still a run folder that --resume restarts.
+            RunFolder(run_dir).write_config(cfg)
         else:
             run_dir = Path(cfg.run.dir) / "(named by rank 0)"
         try:
@@ -479,8 +517,8 @@ def train(
                 announce(
                     f"training in {launch.nproc} processes: this one (rank 0) and {launch.nproc - 1} forked"
                 )
-            return _train_in(cfg, run_dir, resume is not None, splits, init, launch)
-        except CheckpointError as err:
+            return _train_in(cfg, run_dir, resume is not None and not fresh, splits, init, launch)
+        except RunFileError as err:  # CheckpointError included
             if leader:
                 _record_fault(run_dir, str(err))
             raise
@@ -510,21 +548,14 @@ def _train_in(
         run_ranks(launch, _training, cfg, str(run_dir), resume, handed, resolved, init)
     # Started ranks broadcast this process's name; under torchrun rank 0's name replaces ours.
     run_dir = Path(resolved[0]) if resolved else run_dir
-    status = _read_status(run_dir)
+    status = RunFolder(run_dir).status_or_empty()
     return TrainResult(
         run_dir=run_dir,
         state=status.get("state", "unknown"),
-        epoch=int(status.get("epoch") or 0),
+        epoch=status_int(status, "epoch"),
         best=status.get("best"),
         oracle=status.get("oracle") or {},
     )
-
-
-def _read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / contract.STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # --- command line --------------------------------------------------------------------------------------
@@ -592,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.trainer.init_from = args.init_from
         # Nothing here has run a torch operation: the ranks may be forked (start_method).
         result = train(cfg, resume=args.resume, may_fork=True)
-    except (ConfigError, DataError, OwnershipError, CheckpointError) as err:
+    except (ConfigError, DataError, OwnershipError, RunFileError) as err:  # CheckpointError included
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
@@ -605,12 +636,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {result.run_dir} ended {result.state}", file=sys.stderr)
         return EXIT_FAILURE
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary rather than one per process
-        best = result.best or {}
-        print(
-            f"run {result.run_dir}: finished after {result.epoch} epochs; best {best.get('metric')} "
-            f"{best.get('value', float('nan')):.4f} at epoch {best.get('epoch')} ({best.get('checkpoint')})"
-        )
+        print(summary_line(result))
     return EXIT_OK
+
+
+def summary_line(result: TrainResult) -> str:
+    """The console's last line for a finished run. The best value may be undefined (null in status.json:
+    a validation metric that was NaN at every epoch)."""
+    best = result.best if isinstance(result.best, dict) else {}
+    value = best.get("value")
+    shown = f"{value:.4f}" if _finite(value) else "undefined"
+    return (
+        f"run {result.run_dir}: finished after {result.epoch} epochs; best {best.get('metric')} "
+        f"{shown} at epoch {best.get('epoch')} ({best.get('checkpoint')})"
+    )
 
 
 def cli() -> None:

@@ -38,7 +38,9 @@ from aline.monitor.charts import (
 )
 from aline.monitor.heads import headlines
 from aline.monitor.paintsignal import when_drawn
+from aline.monitor.plaintext import plain
 from aline.monitor.runview import (
+    STATE_UNREADABLE,
     RunData,
     config_diff,
     human_duration,
@@ -65,7 +67,7 @@ ROOT: Path = runs_root_from(sys.argv[1:], os.environ)
 
 with st.sidebar:
     st.header("Live")
-    st.caption(f"Runs folder: `{ROOT}`")
+    st.caption(f"Runs folder: {plain(ROOT)}")
     interval = st.number_input(
         "Refresh every (seconds)", min_value=0.5, max_value=120.0, value=2.0, step=0.5, key="interval"
     )
@@ -100,20 +102,46 @@ def url_runs(names: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
         try:
             resolve_run(ROOT, name)
         except ValueError as exc:
-            problems.append(("error", str(exc)))
+            problems.append(("error", plain(exc)))
             continue
         if name in names:
             ok.append(name)
         else:
-            problems.append(("warning", f"There is no run named {name!r} in {ROOT}."))
+            problems.append(("warning", plain(f"There is no run named {name!r} in {ROOT}.")))
     return ok, problems
 
 
 def _fmt_best(best: dict) -> tuple[str, str]:
     value = best.get("value")
-    if not isinstance(value, (int, float)) or best.get("epoch") is None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or best.get("epoch") is None:
         return "", ""
     return f"{best.get('metric', '?')} {value:.4f} @ epoch {best['epoch']}", str(best.get("checkpoint") or "")
+
+
+def run_row(name: str, now: float) -> dict:
+    """One line of the runs table. A run folder that defeats every reader's own checks is one line saying
+    so: one bad folder never takes the table of the others with it."""
+    try:
+        run = run_data(name)
+        run.refresh(tables=False)
+        s, p = summarize(run, now), progress(run, now)
+        best, ckpt = _fmt_best(run.status.best)
+        newest = run.newest_row(C.SPLIT_VAL) or {}
+    except Exception as exc:  # noqa: BLE001 - the boundary between one run's files and the whole page
+        note = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return {"run": name, "state": STATE_UNREADABLE, "note": note}
+    return {
+        "run": name,
+        "state": s.state,
+        "epoch": f"{p.epoch if p.epoch is not None else '–'}/{p.max_epochs or '?'}",
+        "elapsed": human_duration(p.elapsed_s),
+        "ETA": human_duration(p.eta_s),
+        "last update": f"{human_duration(p.last_update_age_s)} ago" if p.last_update_age_s else "",
+        "best": best,
+        "best checkpoint": ckpt,
+        "newest val AUC": newest.get("auc"),
+        "note": s.note,
+    }
 
 
 @st.fragment(run_every=RUN_EVERY)
@@ -134,27 +162,7 @@ def runs_part() -> None:
     if "selected_runs" not in st.session_state:
         st.session_state.selected_runs = from_url or names[:1]
     now = time.time()
-    rows = []
-    for name in names:
-        run = run_data(name)
-        run.refresh(tables=False)
-        s, p = summarize(run, now), progress(run, now)
-        best, ckpt = _fmt_best(run.status.best)
-        newest = run.newest_row(C.SPLIT_VAL) or {}
-        rows.append(
-            {
-                "run": name,
-                "state": s.state,
-                "epoch": f"{p.epoch if p.epoch is not None else '–'}/{p.max_epochs or '?'}",
-                "elapsed": human_duration(p.elapsed_s),
-                "ETA": human_duration(p.eta_s),
-                "last update": f"{human_duration(p.last_update_age_s)} ago" if p.last_update_age_s else "",
-                "best": best,
-                "best checkpoint": ckpt,
-                "newest val AUC": newest.get("auc"),
-                "note": s.note,
-            }
-        )
+    rows = [run_row(name, now) for name in names]
     st.subheader("Runs")
     st.dataframe(rows, hide_index=True, key="run_table")
     selected = [n for n in st.session_state.get("selected_runs", []) if n in names]
@@ -162,7 +170,7 @@ def runs_part() -> None:
         lines = headlines(run_data(name))
         if not lines:
             continue
-        st.caption(f"Newest validation values of **{name}**, as a share of their limits")
+        st.caption(f"Newest validation values of **{plain(name)}**, as a share of their limits")
         cols = st.columns(len(lines))
         for col, (title, value, share) in zip(cols, lines, strict=True):
             col.metric(title, value, share, delta_color="off", delta_arrow="off")
@@ -171,29 +179,32 @@ def runs_part() -> None:
 def show_run_messages(run: RunData, diverged: dict[str, list[str]]) -> None:
     status = run.status
     state = status.display_state()
+    name = plain(run.name)  # a folder name, and what status.json says: shown as text, never as markdown
     if status.problem:
-        st.warning(f"Run **{run.name}**: {status.problem}.")
+        st.warning(f"Run **{name}**: {plain(status.problem)}.")
     if state == C.STATE_FAILED:
-        st.error(f"Run **{run.name}** failed: {status.reason or 'no reason recorded in status.json'}")
+        st.error(f"Run **{name}** failed: {plain(status.reason or 'no reason recorded in status.json')}")
     elif state == C.STATE_STOPPED:
-        st.warning(f"Run **{run.name}** was stopped: {status.reason or 'no reason recorded in status.json'}")
+        st.warning(
+            f"Run **{name}** was stopped: {plain(status.reason or 'no reason recorded in status.json')}"
+        )
     elif state == C.STATE_INTERRUPTED:
         st.warning(
-            f"Run **{run.name}** is interrupted: status.json says running, but its process is gone or its "
+            f"Run **{name}** is interrupted: status.json says running, but its process is gone or its "
             f"heartbeat is older than {C.HEARTBEAT_STALE_S:.0f} s. Resume it with "
-            f"`python -m aline.train --resume {run.dir}`."
+            f"python -m aline.train --resume {plain(run.dir)}"
         )
     if not run.has_metrics:
         st.info(
-            f"Run **{run.name}** has no metrics yet: {C.METRICS_FILE} is missing or holds only its header "
+            f"Run **{name}** has no metrics yet: {C.METRICS_FILE} is missing or holds only its header "
             "(the run has just started, or stopped before its first logged step)."
         )
     for err in run.errors:
-        st.error(f"Run **{run.name}**: {err}")
+        st.error(f"Run **{name}**: {plain(err)}")
     if run.name in diverged:
         st.warning(
-            f"Run **{run.name}** diverged ({'; '.join(diverged[run.name])}); it is drawn but left out of the "
-            "y scale of the others."
+            f"Run **{name}** diverged ({plain('; '.join(diverged[run.name]))}); it is drawn but left out "
+            "of the y scale of the others."
         )
 
 
@@ -295,7 +306,7 @@ def draw_charts(runs: list[RunData], x_mode: str, smoothing: float, log_y: bool,
                 cached_figure("rel", (dkey, epoch), lambda: reliability_figure(detail, epoch)), "reliability"
             )
         else:
-            st.info(f"Run **{detail.name}** has no {C.CALIBRATION_FILE} rows yet.")
+            st.info(f"Run **{plain(detail.name)}** has no {C.CALIBRATION_FILE} rows yet.")
     with right:
         if epochs:
             chart(
@@ -310,13 +321,13 @@ def draw_charts(runs: list[RunData], x_mode: str, smoothing: float, log_y: bool,
         with right:
             chart(bars, "topk_bars")
     else:
-        st.info(f"Run **{detail.name}** has no {C.TOPK_FILE} rows yet.")
+        st.info(f"Run **{plain(detail.name)}** has no {C.TOPK_FILE} rows yet.")
 
     st.subheader("Configuration")
     cfg, problem = detail.config()
-    with st.expander(f"config.yaml of {detail.name}", expanded=False):
+    with st.expander(f"config.yaml of {plain(detail.name)}", expanded=False):
         if cfg is None:
-            st.warning(problem)
+            st.warning(plain(problem))
         else:
             st.json(cfg, expanded=2)
     configs = {r.name: c for r in plotted if (c := r.config()[0]) is not None}

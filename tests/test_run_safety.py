@@ -100,7 +100,7 @@ def test_same_name_same_second_gets_two_folders(
         def now(cls, tz=None):
             return dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
 
-    for module in ("aline.train", "aline.training.ownership"):  # wherever this version names the folder
+    for module in ("aline.train", "aline.runs.ownership"):  # wherever this version names the folder
         if module in sys.modules:
             monkeypatch.setattr(sys.modules[module], "datetime", Frozen, raising=False)
     runs = tmp_path / "runs"
@@ -117,7 +117,7 @@ def test_same_name_same_second_gets_two_folders(
 
 
 def test_run_folders_are_created_exclusively_under_contention(tmp_path: Path) -> None:
-    from aline.training.ownership import create_run_dir
+    from aline.runs.ownership import create_run_dir
 
     made: list[Path] = []
     threads = [
@@ -249,7 +249,7 @@ def test_resume_cuts_rows_logged_after_the_checkpoint(data: Path, tmp_path: Path
 
 
 def test_owner_liveness_on_this_and_other_hosts() -> None:
-    from aline.training.ownership import Holder
+    from aline.runs.ownership import Holder
 
     now = 1_000_000.0
     fresh, stale = now - 1.0, now - contract.HEARTBEAT_STALE_S - 1.0
@@ -277,7 +277,7 @@ def _dead_pid() -> int:
 
 
 def test_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_path: Path) -> None:
-    from aline.training.ownership import LOCK_FILE, OwnershipError, RunOwner, run_holder
+    from aline.runs.ownership import LOCK_FILE, OwnershipError, RunOwner, run_holder
 
     owner = RunOwner(tmp_path).acquire()
     with pytest.raises(OwnershipError, match=rf"pid {os.getpid()} on host {re.escape(socket.gethostname())}"):

@@ -83,7 +83,7 @@ def test_only_appended_bytes_are_read(tmp_path: Path, monkeypatch: pytest.Monkey
     write(path, new, mode="a")
 
     read_sizes: list[int] = []
-    real_open = open
+    real_open = tail_mod.open_binary  # the tailer's only way to open the file
 
     class Counting:
         def __init__(self, fh):
@@ -103,7 +103,7 @@ def test_only_appended_bytes_are_read(tmp_path: Path, monkeypatch: pytest.Monkey
             read_sizes.append(len(data))
             return data
 
-    monkeypatch.setattr(tail_mod, "open", lambda p, m: Counting(real_open(p, m)), raising=False)
+    monkeypatch.setattr(tail_mod, "open_binary", lambda root, p: Counting(real_open(root, p)))
     assert table.refresh() == 10
     appended = len("".join(new).encode())
     assert read_sizes and appended in read_sizes  # the patch was in effect and the new block was read

@@ -26,6 +26,9 @@ def csv_header(path: Path) -> list[str]:
     """The column names on a CSV file's first line, exactly as written."""
     with path.open("rb") as fh:
         raw = fh.readline()
+    # The first line ends at \n, \r\n or a lone \r (a file saved with old Mac line ends is one long
+    # "line" to readline).
+    raw = raw.split(b"\r", 1)[0] if b"\r" in raw else raw
     try:
         first = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -34,7 +37,10 @@ def csv_header(path: Path) -> list[str]:
         raise DataError(f"{path}: the file is empty (expected a header line with column names)")
     # Names are kept exactly as written (pyarrow matches them so): " hour" is not "hour", and the
     # missing-column message then suggests the near miss.
-    return next(csv.reader([first.rstrip("\r\n")]))
+    try:
+        return next(csv.reader([first.rstrip("\r\n")]))
+    except csv.Error as err:
+        raise DataError(f"{path}: line 1: not a CSV header line ({err})") from None
 
 
 def _case_variants(word: str) -> list[str]:
@@ -69,13 +75,28 @@ def _convert_options(plan: ReadPlan) -> pacsv.ConvertOptions:
     )
 
 
-def parse_csv(path: Path, header: list[str], plan: ReadPlan) -> pa.Table:
+def read_any_lines(path: Path, convert: pacsv.ConvertOptions) -> pa.Table:
+    """``pacsv.read_csv`` of a whole file, whatever the length of its lines: pyarrow parses in blocks
+    (1 MiB by default) and refuses a row longer than one ("straddling object straddles two block
+    boundaries"); such a file is parsed again with a block that holds the whole file."""
     try:
         return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=PARSE_THREADS),
-            convert_options=_convert_options(plan),
+            path, read_options=pacsv.ReadOptions(use_threads=PARSE_THREADS), convert_options=convert
         )
+    except pa.ArrowInvalid as err:
+        if "straddl" not in str(err):
+            raise
+    block = min(max(path.stat().st_size + 1, 1 << 20), (1 << 31) - 1)
+    return pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=PARSE_THREADS, block_size=block),
+        convert_options=convert,
+    )
+
+
+def parse_csv(path: Path, header: list[str], plan: ReadPlan) -> pa.Table:
+    try:
+        return read_any_lines(path, _convert_options(plan))
     except pa.ArrowException as err:
         raise diagnose_csv(path, header, plan, str(err)) from None
 
@@ -142,7 +163,10 @@ def diagnose_csv(path: Path, header: list[str], plan: ReadPlan, arrow_msg: str) 
     """The fast typed parse failed; find out where, with line numbers (slow path, errors only)."""
     if "parse error" in arrow_msg or "Expected" in arrow_msg:
         with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
-            for lineno, fields in enumerate(csv.reader(fh), start=1):
+            reader = csv.reader(fh)
+            previous = 0  # physical lines consumed before this record (a quoted cell may span lines)
+            for fields in reader:
+                lineno, previous = previous + 1, reader.line_num
                 if fields and len(fields) != len(header):
                     return DataError(
                         f"{path}: line {lineno}: expected {len(header)} fields like the header, "
@@ -154,9 +178,9 @@ def diagnose_csv(path: Path, header: list[str], plan: ReadPlan, arrow_msg: str) 
 
     wanted = plan.columns()
     try:
-        as_text = pacsv.read_csv(
+        as_text = read_any_lines(
             path,
-            convert_options=pacsv.ConvertOptions(
+            pacsv.ConvertOptions(
                 include_columns=wanted,
                 column_types={c: pa.string() for c in wanted},
                 null_values=list(MISSING_MARKERS),

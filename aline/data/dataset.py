@@ -98,11 +98,21 @@ class Normalizer:
     def load(cls, path: str | Path) -> Normalizer:
         path = Path(path)
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise DataError(f"{path}: normalizer file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError) as err:
             raise DataError(f"{path}: not a readable normalizer JSON file ({err})") from None
+        return cls.from_text(text, path)
+
+    @classmethod
+    def from_text(cls, text: str, path: str | Path) -> Normalizer:
+        """The normaliser that ``text`` (the JSON of ``path``) holds, or a DataError naming the file."""
+        try:
+            payload = json.loads(text)
+        except (json.JSONDecodeError, RecursionError, ValueError) as err:
+            why = "nested too deeply" if isinstance(err, RecursionError) else err
+            raise DataError(f"{path}: not a readable normalizer JSON file ({why})") from None
         if not isinstance(payload, dict) or payload.get("kind") != _NORMALIZER_KIND:
             raise DataError(f'{path}: not a normalizer file (expected "kind": "{_NORMALIZER_KIND}")')
         if payload.get("version") != _NORMALIZER_VERSION:

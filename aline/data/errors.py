@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,38 @@ def row_word(path: Path) -> tuple[str, int]:
 
 
 def file_lines(path: Path, rows: np.ndarray) -> np.ndarray:
-    return np.asarray(rows, dtype=np.int64) + row_word(path)[1]
+    """How messages number data rows (0-based, in file order): a CSV's physical line on which each row
+    starts, a Parquet file's 1-based row."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if is_parquet(path) or not len(rows):
+        return rows + row_word(path)[1]
+    starts = csv_row_lines(path, int(rows.max()) + 1)
+    if len(starts) <= int(rows.max()):  # the file changed under us: the plain count is all there is
+        return rows + row_word(path)[1]
+    return starts[rows]
+
+
+def csv_row_lines(path: Path, n_rows: int) -> np.ndarray:
+    """``[n_rows]`` the 1-based physical line on which each of the first data rows of a CSV starts.
+
+    Rows are counted as the parser counts them: blank lines are skipped, and a quoted cell may span
+    several lines. Only error messages need this, so the file is read again here."""
+    starts: list[int] = []
+    seen_header = False
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
+        reader = csv.reader(fh)
+        previous = 0  # lines consumed before this record
+        for record in reader:
+            first, previous = previous + 1, reader.line_num
+            if not record:
+                continue
+            if not seen_header:
+                seen_header = True
+                continue
+            starts.append(first)
+            if len(starts) >= n_rows:
+                break
+    return np.asarray(starts, dtype=np.int64)
 
 
 def bad_rows_error(

@@ -166,12 +166,16 @@ def ids_as_text(path: Path, name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
     if _is_text(kind):
         return pc.if_else(pc.equal(col, ""), pa.scalar(None, kind), col).cast(pa.string())
     if pa.types.is_floating(kind):
-        values = col.to_numpy(zero_copy_only=False)
-        bad = ~np.isnan(values) & (values != np.round(values))
+        values = col.to_numpy(zero_copy_only=False).astype(np.float64)  # [rows], NaN where null
+        stored = pc.is_valid(col).to_numpy(zero_copy_only=False)  # [rows]; nulls: missing ids, said later
+        # A finite whole number within int64 (NaN stored as a value, inf or 1e19 would cast to an invented
+        # id, the same one for all of them).
+        fits = np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2.0**63)
+        bad = stored & ~fits
         if bad.any():
             raise bad_rows_error(
-                path, name, "numeric ids must be whole numbers", np.flatnonzero(bad),
-                lambda r, v=values: fmt_value(v[r]),
+                path, name, "numeric ids must be whole numbers within the 64-bit integer range",
+                np.flatnonzero(bad), lambda r, v=values: _id_text(v[r]),
             )  # fmt: skip
         return col.cast(pa.int64(), safe=False)
     if not (pa.types.is_integer(kind) or pa.types.is_null(kind)):
@@ -180,6 +184,10 @@ def ids_as_text(path: Path, name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
         return col.cast(pa.int64())
     except pa.ArrowInvalid:  # uint64 beyond int64: rare enough to go through text
         return col.cast(pa.string())
+
+
+def _id_text(value: float) -> str:
+    return "NaN" if np.isnan(value) else fmt_value(value)
 
 
 def text_as_numbers(path: Path, name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:

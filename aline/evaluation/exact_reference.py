@@ -23,8 +23,9 @@ def load_exact(raw: RawSplit, meta_path: Path) -> Any:
 
     try:
         asking = json.loads(meta_path.read_text(encoding="utf-8")).get("asking") or {}
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"{meta_path}: not a readable meta file ({err})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise DataError(f"{meta_path}: not a readable meta file ({why})") from None
     if not isinstance(asking, dict) or asking.get("feature") != raw.asked_feature:
         return None  # a meta file from another simulator version, or another question than the run's
     try:

@@ -13,14 +13,25 @@ import json
 import math
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aline import contract as C
+from aline.monitor.runstatus import (  # noqa: F401  (STATE_*, Status, read_status: part of this API)
+    STATE_NEVER_STARTED,
+    STATE_STARTING,
+    STATE_UNREADABLE,
+    Status,
+    _is_number,
+    _one_line,
+    read_status,
+)
 from aline.monitor.tail import TailedTable
+from aline.runs import RunFileError, RunFolder
+from aline.runs.files import open_binary
 
 DEFAULT_RUNS_DIR = "runs"
 RUNS_ENV = "ALINE_RUNS"
@@ -66,84 +77,6 @@ def list_runs(root: Path) -> list[str]:
             names.append(entry.name)
     # Run names start with a UTC timestamp, so reverse name order is newest first.
     return sorted(names, reverse=True)
-
-
-@dataclass
-class Status:
-    """status.json as the monitor needs it; ``problem`` says why the file could not be used."""
-
-    state: str | None = None
-    started: str | None = None
-    updated: str | None = None
-    finished: str | None = None
-    epoch: int | None = None
-    iteration: int | None = None
-    best: dict[str, Any] = field(default_factory=dict)
-    oracle: dict[str, float] = field(default_factory=dict)
-    reason: str | None = None
-    pid: int | None = None
-    max_epochs: int | None = None
-    heartbeat: str | None = None
-    problem: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)  # the file as parsed, for contract.display_state
-
-    def display_state(self, now: float | None = None) -> str:
-        """running | interrupted | finished | failed | stopped (see ``contract.display_state``); "unknown"
-        when status.json is missing or says something else."""
-        if self.state not in C.STATES:
-            return "unknown"
-        return C.display_state(self.raw, now=now) or "unknown"
-
-
-def read_status(run_dir: Path) -> Status:
-    """Parse ``run_dir/status.json``; a missing, broken or odd file gives a ``Status`` with ``problem``."""
-    path = run_dir / C.STATUS_FILE
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Status(problem=f"{path} is missing")
-    except OSError as exc:
-        return Status(problem=f"{path} cannot be read: {exc.strerror}")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return Status(problem=f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
-    if not isinstance(data, dict):
-        return Status(problem=f"{path} holds a JSON {type(data).__name__}, not an object")
-    state = data.get("state")
-    problem = None
-    if state not in C.STATES:
-        problem = f"{path}: state {state!r} is not one of {', '.join(C.STATES)}"
-    oracle = data.get("oracle") if isinstance(data.get("oracle"), dict) else {}
-    best = data.get("best") if isinstance(data.get("best"), dict) else {}
-    return Status(
-        state=state if isinstance(state, str) else None,
-        started=_str_or_none(data.get("started")),
-        updated=_str_or_none(data.get("updated")),
-        finished=_str_or_none(data.get("finished")),
-        epoch=_int_or_none(data.get("epoch")),
-        iteration=_int_or_none(data.get("iteration")),
-        best=best,
-        oracle={k: float(v) for k, v in oracle.items() if _is_number(v)},
-        reason=_str_or_none(data.get("reason")),
-        pid=_int_or_none(data.get("pid")),
-        max_epochs=_int_or_none(data.get("max_epochs")),
-        heartbeat=_str_or_none(data.get("heartbeat")),
-        problem=problem,
-        raw=data,
-    )
-
-
-def _str_or_none(v: Any) -> str | None:
-    return None if v is None else str(v)
-
-
-def _int_or_none(v: Any) -> int | None:
-    return int(v) if _is_number(v) else None
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class RunData:
@@ -324,18 +257,17 @@ class RunData:
         """(config.yaml as a dict, None) or (None, why it cannot be shown); re-read only when it changes."""
         path = self.dir / C.CONFIG_FILE
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             return None, f"{path} is missing"
         key = (st.st_size, st.st_mtime_ns)
         if self._config is None or self._config[0] != key:
-            import yaml
-
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-                cfg, err = (data, None) if isinstance(data, dict) else (None, f"{path} is not a mapping")
-            except (OSError, yaml.YAMLError) as exc:
-                cfg, err = None, f"{path} cannot be read as YAML: {exc}"
+                cfg, err = RunFolder(self.dir).config_dict(), None
+            except FileNotFoundError:
+                cfg, err = None, f"{path} is missing"
+            except (RunFileError, OSError) as exc:
+                cfg, err = None, _one_line(exc)
             self._config = (key, cfg, err)
         return self._config[1], self._config[2]
 
@@ -368,12 +300,12 @@ def _tail_rows(run: RunData, split: str) -> dict[str, float] | None:
 def _read_tail(path: Path, size: int) -> dict[str, dict[str, float]] | None:
     """The last row of each split in the last ``_TAIL_BYTES`` of a metrics file (header from line 1)."""
     try:
-        with open(path, "rb") as fh:
-            header = fh.readline()
+        with open_binary(path.parent, path) as fh:
+            header = fh.readline(1 << 16)
             start = max(len(header), size - _TAIL_BYTES)
             fh.seek(start)
-            chunk = fh.read(size - start)
-    except OSError:
+            chunk = fh.read(max(0, size - start))
+    except (OSError, RunFileError):
         return None
     if not header.endswith(b"\n"):
         return None
@@ -487,7 +419,14 @@ def summarize(run: RunData, now: float | None = None) -> RunSummary:
     st = run.status
     state = st.display_state(time.time() if now is None else now)
     note = ""
-    if st.problem:
+    if state == STATE_NEVER_STARTED:
+        note = (
+            "stopped before its first checkpoint (no status.json, nobody holds the run); start it again "
+            f"with python -m aline.train --resume {run.dir}"
+        )
+    elif state == STATE_STARTING:
+        note = "the trainer is setting up (no status.json yet)"
+    elif st.problem:
         note = st.problem
     elif st.state in (C.STATE_FAILED, C.STATE_STOPPED):
         note = st.reason or "no reason recorded"

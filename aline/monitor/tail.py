@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aline.runs.files import RunFileError, open_binary
+
 # How many bytes just before the current offset are re-read on each poll to notice an in-place rewrite
 # (same inode, same size or larger, different content).
 _GUARD_BYTES = 64
@@ -56,7 +58,8 @@ class CsvTailer:
     def poll(self) -> TailChunk:
         """Read what was appended since the last poll; never blocks, never raises for a missing file."""
         try:
-            fh = open(self.path, "rb")  # noqa: SIM115  (closed below; fstat needs the open handle)
+            # Never through a link, never outside the run folder (RunFileError, a ValueError).
+            fh = open_binary(self.path.parent, self.path)
         except FileNotFoundError:
             had_data = self.offset > 0
             self._forget()
@@ -101,7 +104,7 @@ class CsvTailer:
 
 
 def _parse_header(line: bytes) -> tuple[str, ...]:
-    return tuple(c.strip() for c in line.decode("utf-8").rstrip("\r\n").split(","))
+    return tuple(c.strip() for c in line.decode("utf-8", "replace").rstrip("\r\n").split(","))
 
 
 @dataclass
@@ -164,7 +167,17 @@ class TailedTable:
 
     def refresh(self) -> int:
         """Read appended rows; returns how many arrived (all of them again after a truncation/replacement)."""
-        chunk = self.tailer.poll()
+        try:
+            chunk = self.tailer.poll()
+        except (RunFileError, OSError) as exc:
+            # A file that cannot be read (a link, no permission) shows nothing of it, and says why.
+            had = self._cols is not None
+            self.tailer._forget()
+            self._cols, self._lines = None, 1
+            self.error = str(exc) if isinstance(exc, RunFileError) else f"{self.path}: cannot read it ({exc})"
+            if had:
+                self.version += 1
+            raise ValueError(self.error) from None
         if chunk.reset:
             self._cols = None
             self._lines = 1

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from aline import contract
 from aline.config import Config, ConfigError
 from aline.data import DataError
 from aline.data.dataset import Normalizer
 from aline.model.network import build_model
+from aline.runs import RunFileError, RunFolder
+from aline.runs.checkpoint import state_mismatch
 
 __all__ = ["InitFrom", "load_init"]
 
@@ -31,17 +32,16 @@ def load_init(cfg: Config) -> InitFrom | None:
     same order, and weights of the model this config builds. Raises ConfigError naming the difference."""
     if cfg.trainer.init_from is None:
         return None
-    from aline.predict import RunError, find_checkpoint, load_state_dict, state_mismatch
-
     run_dir = Path(cfg.trainer.init_from)
     where = f"--init-from {run_dir}"
     if not run_dir.is_dir():
         raise ConfigError(f"{where}: no such run folder")
+    folder = RunFolder(run_dir)
     try:
-        normalizer = Normalizer.load(run_dir / contract.NORMALIZER_FILE)
-        checkpoint = find_checkpoint(run_dir)
-        state = load_state_dict(checkpoint)
-    except (DataError, RunError) as err:
+        normalizer = folder.normalizer()
+        checkpoint = folder.best_checkpoint()
+        state = folder.model_state(checkpoint)
+    except (DataError, RunFileError) as err:
         raise ConfigError(f"{where}: {err}") from None
     ours, theirs = list(cfg.data.columns.features), list(normalizer.feature_names)
     if ours != theirs:

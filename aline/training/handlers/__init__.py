@@ -178,7 +178,7 @@ def attach_all(
     if resume:
         resumed_from = last_checkpoint_path(run_dir)
         to_load = dict(to_save)
-        checkpoint = read_checkpoint(resumed_from)
+        checkpoint = read_checkpoint(resumed_from, root=run_dir)
         optional = {
             "early_stopping": "early stopping starts afresh",
             "logs": "rows logged after it are kept (an older trainer wrote it)",

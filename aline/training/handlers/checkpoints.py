@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import random
-import re
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +23,7 @@ from aline.contract import (
     atomic_write,
 )
 from aline.model.network import unwrap
+from aline.runs.checkpoint import CheckpointError, load_checkpoint_dict
 from aline.training.handlers.common import _is_writer, _number
 from aline.training.handlers.status import RunStatus
 
@@ -134,47 +132,34 @@ def attach_last_checkpoint(trainer: Engine, last: LastCheckpoint) -> None:
             last.save()
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: one line naming the file and what is wrong (exit 2)."""
-
-
-def _why_unreadable(err: BaseException, path: Path) -> str:
-    """What is wrong with a checkpoint, in our words: torch's own text ends with advice to load with
-    ``weights_only=False``, which would run whatever code the file holds, so it is never passed on."""
-    text = str(err)
-    if isinstance(err, pickle.UnpicklingError):
-        found = re.search(r"GLOBAL (\S+)", text)
-        if found:
-            return f"it holds pickled Python objects ({found.group(1)}) that a weights-only load refuses"
-    try:
-        with path.open("rb") as fh:
-            fh.read(1)
-    except OSError as io_err:
-        return f"cannot read it ({io_err.strerror or type(io_err).__name__})"
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one loses its directory
-        return "truncated or corrupt (not a complete torch checkpoint archive)"
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return f"corrupt ({type(err).__name__}: {first.split('weights_only')[0].rstrip(' (,.')})"
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``, or a CheckpointError naming the file and the fault."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path}: {_why_unreadable(err, path)}") from None
-    if not isinstance(payload, Mapping):
-        raise CheckpointError(f"{path}: not a checkpoint of this trainer (a {type(payload).__name__})")
-    return dict(payload)
+def read_checkpoint(
+    path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """A checkpoint of this trainer, weights only (:func:`aline.runs.checkpoint.load_checkpoint`): inside
+    ``root`` and never through a link when ``root`` (the run folder) is given."""
+    return load_checkpoint_dict(path, root=root)
 
 
 def best_checkpoint_files(run_dir: str | os.PathLike[str], checkpoint: Mapping[str, Any]) -> list[Path]:
     """The best-checkpoint files that ``last.pt``'s best-checkpoint handler state says exist."""
-    saved = (checkpoint.get("best_checkpoint") or {}).get("_saved") or []
-    return [Path(run_dir) / CHECKPOINT_DIR / str(item[1]) for item in saved]
+    state = checkpoint.get("best_checkpoint") or {}
+    saved = state.get("_saved") if isinstance(state, Mapping) else None
+    names = []
+    for item in saved or []:
+        name = item[1] if isinstance(item, (list, tuple)) and len(item) == 2 else None
+        # A plain file name of checkpoints/: a name from last.pt must never lead a read, or the removal of
+        # a checkpoint that fell out of the best n, out of that folder.
+        if not (isinstance(name, str) and _plain_name(name)):
+            raise CheckpointError(
+                f"{Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT}: its best-checkpoint list names "
+                f"{str(name)[:80]!r}, not a file of {CHECKPOINT_DIR}/; not a checkpoint of this trainer"
+            )
+        names.append(Path(run_dir) / CHECKPOINT_DIR / name)
+    return names
+
+
+def _plain_name(name: str) -> bool:
+    return name not in ("", ".", "..") and not any(ch in name for ch in "/\\\0")
 
 
 def check_resumable(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -183,9 +168,9 @@ def check_resumable(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     A best checkpoint deleted by hand is allowed (the run only loses that file); one that is there but
     unreadable is not, since evaluation and prediction would later fail on it.
     """
-    checkpoint = read_checkpoint(last_checkpoint_path(run_dir))
+    checkpoint = read_checkpoint(last_checkpoint_path(run_dir), root=run_dir)
     for best in best_checkpoint_files(run_dir, checkpoint):
-        if best.exists() and "model" not in read_checkpoint(best):
+        if (best.exists() or best.is_symlink()) and "model" not in read_checkpoint(best, root=run_dir):
             raise CheckpointError(f"{best}: no 'model' entry; not a best checkpoint of this trainer")
     return checkpoint
 
@@ -210,7 +195,15 @@ def resume_from(
     for key, obj in to_load.items():
         try:
             unwrap(obj).load_state_dict(checkpoint[key])
-        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        except (
+            KeyError,
+            ValueError,
+            RuntimeError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+        ) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointError(f"{path}: entry {key!r} does not fit this run ({first})") from None
     return checkpoint
@@ -257,7 +250,7 @@ class _BestFilename(str):
 class _KeepGoingDiskSaver(DiskSaver):
     def remove(self, filename: str) -> None:
         # A best checkpoint deleted by hand must not crash a resumed run when it falls out of the top n.
-        if _is_writer():
+        if _is_writer() and _plain_name(filename):  # never a name that leads out of checkpoints/
             (self.dirname / filename).unlink(missing_ok=True)
 
 

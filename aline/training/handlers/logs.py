@@ -29,6 +29,8 @@ from aline.contract import (
     TRAIN_METRICS,
     VAL_METRICS,
 )
+from aline.runs import files
+from aline.runs.folder import check_header_line
 from aline.scoring import CalibrationTable
 from aline.training.handlers.common import LOGGER_NAME, WANDB_MISSING, _cell, _is_writer, _number
 
@@ -49,15 +51,17 @@ class AppendCSV:
         if not _is_writer():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.path.stat().st_size > 0:
+        # The run folder's own file, never one a link leads to (files.RunFileError names it).
+        root = self.path.parent
+        if self.path.is_symlink() or (self.path.exists() and self.path.stat().st_size > 0):
             self._repair_and_check()
-            self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (kept open)
+            self._fh = files.open_for_append(root, self.path)
         else:
-            self._fh = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 (kept open)
+            self._fh = files.open_for_write(root, self.path)
             self._write_lines([self.header])
 
     def _repair_and_check(self) -> None:
-        with open(self.path, "rb+") as fh:
+        with files.update_in_place(self.path.parent, self.path) as fh:
             data = fh.read()
             if not data.endswith(b"\n"):
                 cut = data.rfind(b"\n") + 1  # 0 when even the header is incomplete
@@ -72,19 +76,7 @@ class AppendCSV:
             if not data:
                 fh.write((",".join(self.header) + "\n").encode("utf-8"))
                 return
-        found = tuple(data.split(b"\n", 1)[0].decode("utf-8").rstrip("\r").split(","))
-        if found != self.header:
-            diff = next(
-                (i for i, (a, b) in enumerate(zip(found, self.header, strict=False)) if a != b),
-                min(len(found), len(self.header)),
-            )
-            got = found[diff] if diff < len(found) else "<end of header>"
-            want = self.header[diff] if diff < len(self.header) else "<end of header>"
-            raise ValueError(
-                f"{self.path}: existing header does not match this version's columns "
-                f"(column {diff + 1}: found {got!r}, expected {want!r}); "
-                "start a new run or move the file away"
-            )
+        check_header_line(self.path, data.split(b"\n", 1)[0], self.header)
 
     def _write_lines(self, rows: Iterable[Sequence[Any]]) -> None:
         if self._fh is None:
@@ -213,8 +205,10 @@ class CSVLengths:
             if not _is_writer() or f.path.name not in state:
                 continue
             want, have = int(state[f.path.name]), f.path.stat().st_size
+            if want < 0:
+                raise ValueError(f"{f.path.name}: a negative length ({want})")
             if have > want:
-                os.truncate(f.path, want)
+                files.truncate(f.path.parent, f.path, want)
                 log.info(
                     "%s: dropped %d bytes written after the checkpoint (replayed now)", f.path, have - want
                 )
@@ -266,12 +260,24 @@ def setup_logging(
         console.setLevel(logging.WARNING)
     elif run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8"))
+        handlers.append(_RunLogHandler(Path(run_dir) / LOG_FILE))
     for handler in handlers:
         handler.setFormatter(formatter)
         handler._aline = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     return logger
+
+
+class _RunLogHandler(logging.FileHandler):
+    """``train.log``, appended to without following a link (files.RunFileError if one is there)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+        self.stream = self._open()  # at once: a link in train.log's place is refused before training
+
+    def _open(self) -> io.TextIOWrapper:
+        path = Path(self.baseFilename)
+        return files.open_for_append(path.parent, path)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

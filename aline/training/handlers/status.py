@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import numbers
@@ -28,6 +27,8 @@ from aline.contract import (
     STATE_STOPPED,
     write_json_atomic,
 )
+from aline.runs.files import RunFileError, read_text
+from aline.runs.status import parse_status, status_int
 from aline.training.handlers.common import LOGGER_NAME, _is_writer, _number
 
 # --- status.json ------------------------------------------------------------------------------------------
@@ -53,12 +54,12 @@ class RunStatus:
         oracle_free: bool | None = None,
     ) -> None:
         self.path = Path(path)
-        previous: dict[str, Any] = {}
-        if self.path.exists():
-            try:
-                previous = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                previous = {}  # written atomically, so this means a foreign file: start afresh
+        try:
+            previous = parse_status(read_text(self.path.parent, self.path), self.path)
+        except FileNotFoundError:
+            previous = {}
+        except (RunFileError, OSError):
+            previous = {}  # written atomically, so this means a foreign file: start afresh
         self.data: dict[str, Any] = {
             "state": STATE_RUNNING,
             "run": self.path.parent.name,  # which folder this is (two same-named runs never share one)
@@ -68,8 +69,8 @@ class RunStatus:
             "started": previous.get("started") or utc_now(),
             "updated": None,
             "finished": None,
-            "epoch": previous.get("epoch", 0),
-            "iteration": previous.get("iteration", 0),
+            "epoch": status_int(previous, "epoch"),
+            "iteration": status_int(previous, "iteration"),
             "max_epochs": previous.get("max_epochs"),
             "best": previous.get("best"),
             "oracle": dict(oracle) if oracle is not None else previous.get("oracle"),

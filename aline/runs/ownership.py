@@ -30,10 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aline.contract import CHECKPOINT_DIR, HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S, LOCK_FILE, _pid_alive
-
-# Temporary files of contract.atomic_write (".<name>.<random>.tmp"): a killed writer leaves them behind.
-TMP_GLOB = ".*.tmp"
+from aline.contract import HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S, LOCK_FILE, _pid_alive
+from aline.runs.files import RunFileError, parse_json, read_text
 
 
 class OwnershipError(ValueError):
@@ -113,15 +111,20 @@ class Holder:
 def read_holder(path: Path) -> Holder | None:
     """The lock file's holder, or None when there is no lock file."""
     try:
-        st = path.stat()
-        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+        st = path.lstat()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        info, st = {}, path.stat()  # half-written by a holder killed at once: judged by its age alone
-    return Holder(
-        str(info.get("host", "?")), int(info.get("pid", -1)), str(info.get("token", "")), st.st_mtime
-    )
+    try:
+        info = parse_json(read_text(path.parent, path) or "{}", path)
+    except FileNotFoundError:
+        return None
+    except (OSError, RunFileError):
+        info = {}  # half-written by a holder killed at once (or foreign): judged by its age alone
+    if not isinstance(info, dict):
+        info = {}
+    pid = info.get("pid")
+    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else -1
+    return Holder(str(info.get("host", "?"))[:256], pid, str(info.get("token", ""))[:64], st.st_mtime)
 
 
 class RunOwner:
@@ -189,18 +192,14 @@ class RunOwner:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):
-            with contextlib.suppress(OSError):  # a vanished folder must not kill the thread with a traceback
-                os.utime(self.path)
+            with contextlib.suppress(OSError, NotImplementedError):  # a vanished folder must not kill it
+                os.utime(self.path, follow_symlinks=False)
 
     def remove_leftovers(self) -> list[Path]:
         """Delete temporary files that killed writers left (only the owner may: no writer is live)."""
-        removed = []
-        for folder in (self.run_dir, self.run_dir / CHECKPOINT_DIR):
-            for tmp in folder.glob(TMP_GLOB):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                    removed.append(tmp)
-        return removed
+        from aline.runs.folder import RunFolder
+
+        return RunFolder(self.run_dir).remove_leftovers()
 
     def release(self) -> None:
         self._stop.set()
