@@ -69,7 +69,7 @@ def test_f1_resume_refuses_a_run_file_that_is_a_symlink(made: Made, tmp_path: Pa
 
 def _bad_runs(root: Path) -> dict[str, str]:
     """Run folders with one hostile file each; returns name -> the word its reason must contain."""
-    from monitor_fixtures import write_run
+    from helpers.monitor_fixtures import write_run
 
     bad = {
         "20260101-000001-latin1": (C.STATUS_FILE, b'{"state": "running", "reason": "caf\xe9"}', "UTF-8"),
@@ -90,7 +90,7 @@ def _bad_runs(root: Path) -> dict[str, str]:
 
 
 def test_f2_runview_reads_each_bad_run_as_unreadable(tmp_path: Path) -> None:
-    from monitor_fixtures import write_run
+    from helpers.monitor_fixtures import write_run
 
     from aline.monitor.runview import RunData, summarize
 
@@ -119,7 +119,7 @@ def test_f2_runview_reads_each_bad_run_as_unreadable(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_f2_monitor_page_shows_every_run_despite_bad_ones(tmp_path: Path, monkeypatch) -> None:
-    from monitor_fixtures import write_run
+    from helpers.monitor_fixtures import write_run
     from test_monitor_app import start
 
     root = tmp_path / "runs"
@@ -145,7 +145,7 @@ def _rendered(text: str) -> str:
 
 @pytest.mark.slow
 def test_f3_no_markdown_image_from_a_status_reason_or_the_url(tmp_path: Path, monkeypatch) -> None:
-    from monitor_fixtures import write_run
+    from helpers.monitor_fixtures import write_run
     from test_monitor_app import start
 
     root = tmp_path / "runs"
@@ -386,7 +386,7 @@ def test_f10_best_checkpoint_outside_the_run_is_refused(made: Made, tmp_path: Pa
 
 
 def test_f10_monitor_never_shows_a_file_linked_into_a_run(tmp_path: Path) -> None:
-    from monitor_fixtures import write_run
+    from helpers.monitor_fixtures import write_run
 
     from aline.monitor.runview import RunData, summarize
 
@@ -410,7 +410,7 @@ def test_f10_monitor_never_shows_a_file_linked_into_a_run(tmp_path: Path) -> Non
 
 
 def test_f10_monitor_does_not_tail_a_linked_csv(tmp_path: Path) -> None:
-    from monitor_fixtures import write_run
+    from helpers.monitor_fixtures import write_run
 
     from aline.monitor.runview import RunData
 
