@@ -19,6 +19,8 @@ def load_exact(raw: RawSplit, meta_path: Path) -> Any:
     when the split has no answers or no meta file of the simulator that asks the run's question."""
     if not meta_path.is_file() or raw.answers is None:
         return None
+    if raw.query_value is None or raw.p_bayes is None:
+        return None  # references removed (a cohort made from simulated data): nothing exact to score by
     from aline.simulator.exact import load_exact_split
 
     try:
