@@ -381,3 +381,18 @@ def test_predict_answers_without_an_answer_column_exits_2(tmp_path: Path) -> Non
     frame.assign(ask_symptom_score="n/a").to_csv(day, index=False)
     plain = subprocess.run(cmd[:-3] + ["--out", "-"], capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr
+
+
+@pytest.mark.slow
+def test_a_simulated_split_without_its_references_is_scored_without_the_exact_model(tmp_path: Path) -> None:
+    from aline.simulate import simulate
+
+    data = tmp_path / "data"
+    simulate(subjects=20, days=6, seed=3, out_dir=data, progress=False)
+    for split in ("train", "val", "test"):
+        _strip(data, split, latents=True)
+    run = make_run(tmp_path, data_dir=data)
+    report = evaluate.evaluate(run, "test", figures=False).report
+    assert report["asking"]["oracle"]["brier_model"] is None  # no exact model: no oracle strategy
+    assert np.isfinite(report["asking"]["trained"]["brier_model"])
+    assert report["asking"]["trained"]["set_share"] is None
