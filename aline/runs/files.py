@@ -32,7 +32,12 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
 
     The last component is not resolved: the open that follows refuses it if it is a link."""
     root_real = os.path.realpath(root)
-    p = Path(path) if Path(path).is_absolute() else Path(root) / path
+    p = Path(path)
+    if not p.is_absolute():
+        try:
+            p.relative_to(root)  # a relative path that already starts with the root: from the working dir
+        except ValueError:
+            p = Path(root) / p
     if p.name in ("", ".", ".."):
         raise RunFileError(f"{p}: not a file name inside the run folder {root}")
     full = os.path.join(os.path.realpath(p.parent), p.name)

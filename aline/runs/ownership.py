@@ -195,12 +195,6 @@ class RunOwner:
             with contextlib.suppress(OSError, NotImplementedError):  # a vanished folder must not kill it
                 os.utime(self.path, follow_symlinks=False)
 
-    def remove_leftovers(self) -> list[Path]:
-        """Delete temporary files that killed writers left (only the owner may: no writer is live)."""
-        from aline.runs.folder import RunFolder
-
-        return RunFolder(self.run_dir).remove_leftovers()
-
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
