@@ -13,7 +13,7 @@ import contextlib
 import os
 import stat
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from aline import contract as C
 from aline.runs import files
@@ -101,9 +101,9 @@ class RunFolder:
         except RunFileError:
             return {}
 
-    def write_status(self, payload: dict[str, Any]) -> None:
+    def write_status(self, payload: dict[str, Any], name: str = C.STATUS_FILE) -> None:
         """Replace status.json atomically (the rename replaces a link at that name, never follows it)."""
-        C.write_json_atomic(files.inside(self.path, C.STATUS_FILE), payload)
+        C.write_json_atomic(files.inside(self.path, name), payload)
 
     # --- config.yaml ------------------------------------------------------------------------------------
 
@@ -225,21 +225,8 @@ class RunFolder:
     def open_write(self, name: str) -> io.TextIOWrapper:
         return files.open_for_write(self.path, self.file(name))
 
-    def open_binary(self, name: str) -> IO[bytes]:
-        return files.open_binary(self.path, self.file(name), write=True)
-
-    def update_in_place(self, name: str):  # -> context manager of a binary file opened rb+
-        return files.update_in_place(self.path, self.file(name))
-
     def truncate(self, name: str, size: int) -> None:
         files.truncate(self.path, self.file(name), size)
-
-    def safe_target(self, relative: str | os.PathLike[str]) -> Path:
-        """A path to write inside the folder, refused (RunFileError) when it is a link or leaves it."""
-        real = files.inside(self.path, self.path / relative)
-        if files.is_link(real):
-            raise RunFileError(f"{self.path / relative}: is a symbolic link; refusing to write through it")
-        return real
 
     def output_dir(self, name: str) -> Path:
         """The sub-folder ``name`` (created if absent) for a tool's outputs (``eval/``): refused when it, or
