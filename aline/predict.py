@@ -286,7 +286,9 @@ class Predictor:
     def predict_raw(self, raw: RawSplit) -> Prediction:
         """Forward pass over an already validated split, ``batch_size`` windows at a time."""
         self.normalizer.check_features(raw.feature_names, where=str(raw.path))
-        x, mask = self.normalizer.transform(raw.features)  # [N, 24, F] each, float32
+        with np.errstate(over="ignore", invalid="ignore"):
+            x, mask = self.normalizer.transform(raw.features)  # [N, 24, F] each, float32
+        _check_scaled(raw, x)
         pool = self.pool(raw)  # [N, 24] bool
         n = x.shape[0]
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("p", "mu", "sigma", "scores", "asked", "unc")}
@@ -328,6 +330,21 @@ class Predictor:
             pool=pool,
             asked=asked,
         )
+
+
+def _check_scaled(raw: RawSplit, x: np.ndarray) -> None:
+    """A finite value so far outside the training range that its standardised value overflows float32
+    (3e38 where training saw tens) would make every forecast of its window NaN: a DataError instead."""
+    bad = ~np.isfinite(x)  # [N, 24, F]
+    if not bad.any():
+        return
+    w, h, f = (int(i[0]) for i in np.nonzero(bad))
+    value = raw.features[w, h, f]
+    raise DataError(
+        f"{raw.path}: column {raw.feature_names[f]!r}: value {value:.7g} (window {raw.window_id[w]!r}, hour "
+        f"{h}) is too far outside the range the run was trained on to be standardised; "
+        f"{int(bad.sum())} such values in all"
+    )
 
 
 def load(
