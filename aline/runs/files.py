@@ -28,11 +28,12 @@ class RunFileError(ValueError):
 
 
 def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
-    """``path`` (absolute, or relative to ``root``) with its folders resolved, checked to lie inside ``root``.
+    """``path`` (absolute, or relative to the current folder like ``root`` itself) with its folders
+    resolved, checked to lie inside ``root``.
 
     The last component is not resolved: the open that follows refuses it if it is a link."""
     root_real = os.path.realpath(root)
-    p = Path(path) if Path(path).is_absolute() else Path(root) / path
+    p = Path(path)
     if p.name in ("", ".", ".."):
         raise RunFileError(f"{p}: not a file name inside the run folder {root}")
     full = os.path.join(os.path.realpath(p.parent), p.name)

@@ -10,6 +10,7 @@ pydantic models) are imported where a method needs them, so that the monitor sta
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -103,7 +104,7 @@ class RunFolder:
 
     def write_status(self, payload: dict[str, Any], name: str = C.STATUS_FILE) -> None:
         """Replace status.json atomically (the rename replaces a link at that name, never follows it)."""
-        C.write_json_atomic(files.inside(self.path, name), payload)
+        C.write_json_atomic(files.inside(self.path, self.path / name), payload)
 
     # --- config.yaml ------------------------------------------------------------------------------------
 
@@ -125,6 +126,10 @@ class RunFolder:
             raise RunFileError(f"{path}: not usable YAML (nested too deeply)") from None
         if not isinstance(data, dict):
             raise RunFileError(f"{path}: not a mapping of config sections")
+        try:  # YAML anchors can make a mapping that holds itself, which no reader of it survives
+            json.dumps(data, default=str)
+        except (ValueError, RecursionError):
+            raise RunFileError(f"{path}: a mapping that refers to itself (a YAML alias loop)") from None
         return data
 
     def load_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -144,7 +149,7 @@ class RunFolder:
         import yaml
 
         text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        C.write_text_atomic(files.inside(self.path, C.CONFIG_FILE), text)
+        C.write_text_atomic(files.inside(self.path, self.file(C.CONFIG_FILE)), text)
 
     # --- normalizer.json --------------------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class RunFolder:
         return Normalizer.from_text(text, path)
 
     def save_normalizer(self, normalizer: Normalizer) -> None:
-        normalizer.save(files.inside(self.path, C.NORMALIZER_FILE))
+        normalizer.save(files.inside(self.path, self.file(C.NORMALIZER_FILE)))
 
     # --- checkpoints ------------------------------------------------------------------------------------
 
