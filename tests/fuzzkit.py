@@ -95,7 +95,14 @@ def check(outcome: Outcome, what: str) -> None:
 def monitor_reads(root: Path) -> None:
     """Everything the monitor reads of each run folder in ``root``, as the page calls it."""
     from aline.monitor.heads import headlines
-    from aline.monitor.runview import RunData, list_runs, progress, summarize, table_csv_bytes
+    from aline.monitor.runview import (
+        RunData,
+        config_diff,
+        list_runs,
+        progress,
+        summarize,
+        table_csv_bytes,
+    )
 
     for name in list_runs(root):
         run = RunData(root, name)
@@ -105,7 +112,9 @@ def monitor_reads(root: Path) -> None:
         run.refresh(tables=True)
         summarize(run)
         progress(run, time.time())
-        run.config()
+        cfg, _ = run.config()
+        if cfg is not None:
+            config_diff({name: cfg, "other": {}})
         run.max_epochs()
         run.newest_row(C.SPLIT_VAL)
         headlines(run)
@@ -293,6 +302,7 @@ def config_payloads(original: bytes) -> st.SearchStrategy[bytes]:
             b"!!python/object/apply:os.system ['touch /tmp/aline-fuzz-pwned']\n",
             b"seed: !!python/name:os.system\n",
             b"a: &a [*a]\n",
+            b"trainer: &t {epochs: 2, again: *t}\n",
             b"trainer: {epochs: 2, batch_size: 0}\n",
             b"trainer: {init_from: ../outside/other_run}\n",
             b"data: {dir: ../outside}\n",

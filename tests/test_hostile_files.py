@@ -514,3 +514,19 @@ def test_fuzz_found_a_value_too_far_outside_the_training_range(
     assert f"column {feature!r}: value -3e+38" in line and "hour 5" in line
     assert predict.main([str(made.run), str(val)]) == 2
     assert "too far outside the range" in one_line_error(capsys.readouterr().err)
+
+
+def test_a_config_yaml_that_refers_to_itself_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    from monitor_fixtures import write_run
+
+    from aline.monitor.runview import RunData, config_diff
+
+    root = tmp_path / "runs"
+    for name in ("20260102-000000-a", "20260102-000000-b"):
+        write_run(root, name)
+    (root / "20260102-000000-a" / C.CONFIG_FILE).write_text("trainer: &t {epochs: 3, again: *t}\n")
+    loop = RunData(root, "20260102-000000-a")
+    cfg, why = loop.config()
+    assert cfg is None and "refers to itself" in why
+    other, _ = RunData(root, "20260102-000000-b").config()
+    assert config_diff({"b": other}) == []  # the page's diff of the readable configs still works
