@@ -169,11 +169,13 @@ json_leaves = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
 )
-json_values = st.recursive(
-    json_leaves,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
+
+
+def _nested(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
+json_values = st.recursive(json_leaves, _nested, max_leaves=12)
 HOSTILE_PATHS = [
     "../outside/victim.csv",
     "../../outside/victim.csv",
@@ -364,8 +366,8 @@ def value_or(draw: st.DrawFn, strategy: st.SearchStrategy) -> object:
 
 @st.composite
 def placement(draw: st.DrawFn, content: st.SearchStrategy[bytes]) -> tuple[str, bytes | None]:
-    """How the hostile file sits in the run folder: as bytes, or as a link out, a folder, or gone."""
-    how = draw(st.sampled_from(["bytes"] * 6 + ["link", "dir", "missing"]))
+    """How the hostile file sits in the run folder: as bytes, or as a link out, a folder, a FIFO, or gone."""
+    how = draw(st.sampled_from(["bytes"] * 6 + ["link", "dir", "fifo", "missing"]))
     return (how, draw(content) if how == "bytes" else None)
 
 
@@ -380,3 +382,5 @@ def place(path: Path, how: str, content: bytes | None, outside: Path) -> None:
         path.symlink_to(outside / "victim.csv")
     elif how == "dir":
         path.mkdir()
+    elif how == "fifo":  # a reader that opened it blindly would wait for a writer for ever
+        os.mkfifo(path)
