@@ -530,3 +530,29 @@ def test_a_config_yaml_that_refers_to_itself_is_unreadable_not_a_crash(tmp_path:
     assert cfg is None and "refers to itself" in why
     other, _ = RunData(root, "20260102-000000-b").config()
     assert config_diff({"b": other}) == []  # the page's diff of the readable configs still works
+
+
+def test_runfolder_checkpoints_are_written_and_read_inside_the_folder_only(tmp_path: Path) -> None:
+    import torch
+
+    from aline.runs import RunFileError, RunFolder
+    from aline.runs.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    folder = RunFolder(run)
+    folder.save_checkpoint({"model": {"w": torch.arange(3.0)}})
+    assert torch.equal(folder.load_checkpoint()["model"]["w"], torch.arange(3.0))
+    assert not list(folder.checkpoints.glob("*.tmp"))  # written beside, then renamed over
+    outside = _outside(tmp_path)
+    other = tmp_path / "other_run"
+    other.mkdir()
+    linked = RunFolder(tmp_path / "linked")
+    linked.path.mkdir()
+    linked.checkpoints.symlink_to(other, target_is_directory=True)
+    with pytest.raises(RunFileError, match="symbolic link|outside the run folder"):
+        linked.save_checkpoint({"model": {}})
+    assert not list(other.iterdir()) and (outside / "victim.csv").exists()
+    (folder.checkpoints / "evil.pt").symlink_to(folder.last_checkpoint)
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        folder.load_checkpoint(folder.checkpoints / "evil.pt")

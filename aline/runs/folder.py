@@ -201,6 +201,12 @@ class RunFolder:
             "finished at least one epoch?"
         )
 
+    def save_checkpoint(self, payload: Any, name: str = C.LAST_CHECKPOINT) -> None:
+        """Write ``checkpoints/<name>`` atomically (see :func:`aline.runs.checkpoint.save_checkpoint`)."""
+        from aline.runs.checkpoint import save_checkpoint
+
+        save_checkpoint(payload, files.inside(self.path, self.checkpoints / name))
+
     def owns(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` names a file inside this run folder (its folders resolved)."""
         try:
