@@ -192,7 +192,7 @@ def _parquet_bytes(draw: st.DrawFn, made: Made, split: str) -> bytes:
     elif edit == "text":
         texts = frame[column].astype(str).tolist()
         texts[draw(st.integers(0, len(texts) - 1))] = draw(st.text(max_size=5))
-        table = table.set_column(table.column_names.index(column), column, pa.array(texts))
+        table = table.set_column(table.column_names.index(column), column, pa.array(texts, pa.string()))
     elif edit == "drop":
         table = table.drop([column])
     elif edit == "nulls":
