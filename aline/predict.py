@@ -284,7 +284,9 @@ class Predictor:
     def inputs(self, raw: RawSplit) -> tuple[np.ndarray, np.ndarray]:
         """The model's inputs for ``raw``: normalised features and mask, with the empty answer channel when
         the run has one. ``[N, 24, F (+1)]`` float32 each"""
-        x, mask = self.normalizer.transform(raw.features)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x, mask = self.normalizer.transform(raw.features)
+        _check_scaled(raw, x)
         return answer_channel(x, mask) if has_answer_channel(self.cfg) else (x, mask)
 
     def _answer_inputs(self, raw: RawSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -419,6 +421,21 @@ class Predictor:
             pool=pool,
             asked=asked,
         )
+
+
+def _check_scaled(raw: RawSplit, x: np.ndarray) -> None:
+    """A finite value so far outside the training range that its standardised value overflows float32
+    (3e38 where training saw tens) would make every forecast of its window NaN: a DataError instead."""
+    bad = ~np.isfinite(x)  # [N, 24, F]
+    if not bad.any():
+        return
+    w, h, f = (int(i[0]) for i in np.nonzero(bad))
+    value = raw.features[w, h, f]
+    raise DataError(
+        f"{raw.path}: column {raw.feature_names[f]!r}: value {value:.7g} (window {raw.window_id[w]!r}, hour "
+        f"{h}) is too far outside the range the run was trained on to be standardised; "
+        f"{int(bad.sum())} such values in all"
+    )
 
 
 def load(

@@ -85,8 +85,8 @@ def _both_classes(y: np.ndarray) -> bool:
 
 
 def auc(p: np.ndarray, y: np.ndarray) -> float:
-    """ROC AUC, NaN (not an exception) when only one class is present."""
-    if not _both_classes(y):
+    """ROC AUC, NaN (not an exception) when only one class is present or a forecast is not finite."""
+    if not _both_classes(y) or not np.isfinite(p).all():
         return float("nan")
     from sklearn.metrics import roc_auc_score  # lazy: the monitor imports this module and starts faster
 
@@ -94,8 +94,8 @@ def auc(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def pr_auc(p: np.ndarray, y: np.ndarray) -> float:
-    """Average precision (step-wise area under the precision-recall curve)."""
-    if not _both_classes(y):
+    """Average precision (step-wise area under the precision-recall curve); NaN as :func:`auc`."""
+    if not _both_classes(y) or not np.isfinite(p).all():
         return float("nan")
     from sklearn.metrics import average_precision_score
 

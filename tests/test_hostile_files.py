@@ -477,3 +477,82 @@ def test_fuzz_found_the_summary_of_a_run_whose_best_value_is_undefined(tmp_path:
     assert line.endswith("best auc undefined at epoch 1 (checkpoints/best.pt)")
     line = summary_line(TrainResult(tmp_path, C.STATE_FINISHED, 2, {**best, "value": 0.71234}))
     assert "best auc 0.7123 at epoch 1" in line
+
+
+def test_fuzz_found_a_carriage_return_inside_a_csv_log_line(tmp_path: Path) -> None:
+    from monitor_fixtures import write_run
+
+    from aline.monitor.runview import RunData
+
+    root = tmp_path / "runs"
+    fx = write_run(root, "20260102-000000-a", epochs=2)
+    path = fx.dir / C.CALIBRATION_FILE
+    lines = path.read_bytes().count(b"\n")
+    with path.open("ab") as fh:
+        fh.write(b"3,0,0.0,0.1\r,5,0.05,0.0\n")  # a lone CR: the csv module refuses the line
+    run = RunData(root, "20260102-000000-a")
+    run.refresh(tables=True)  # no exception: the run's other tables and status are still read
+    assert any(f"line {lines + 1}: not a CSV line" in e for e in run.errors), run.errors
+    assert len(run.metrics) == len(fx.train) + len(fx.val)
+
+
+def test_fuzz_found_a_value_too_far_outside_the_training_range(
+    made: Made, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_torch_thread
+) -> None:
+    from aline import evaluate, predict
+
+    data = tmp_path / "data"
+    shutil.copytree(made.data, data)
+    val = data / _val(made).name
+    frame = pd.read_csv(val)
+    feature = load_config(made.run / C.CONFIG_FILE).data.columns.features[0]
+    frame[feature] = frame[feature].astype("float64")
+    frame.loc[5, feature] = -3e38  # finite in float32; standardised with the training statistics, -inf
+    frame.to_csv(val, index=False)
+    assert evaluate.main([str(made.run), "--data-dir", str(data), "--quiet", "--no-figures"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"column {feature!r}: value -3e+38" in line and "hour 5" in line
+    assert predict.main([str(made.run), str(val)]) == 2
+    assert "too far outside the range" in one_line_error(capsys.readouterr().err)
+
+
+def test_a_config_yaml_that_refers_to_itself_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    from monitor_fixtures import write_run
+
+    from aline.monitor.runview import RunData, config_diff
+
+    root = tmp_path / "runs"
+    for name in ("20260102-000000-a", "20260102-000000-b"):
+        write_run(root, name)
+    (root / "20260102-000000-a" / C.CONFIG_FILE).write_text("trainer: &t {epochs: 3, again: *t}\n")
+    loop = RunData(root, "20260102-000000-a")
+    cfg, why = loop.config()
+    assert cfg is None and "refers to itself" in why
+    other, _ = RunData(root, "20260102-000000-b").config()
+    assert config_diff({"b": other}) == []  # the page's diff of the readable configs still works
+
+
+def test_runfolder_checkpoints_are_written_and_read_inside_the_folder_only(tmp_path: Path) -> None:
+    import torch
+
+    from aline.runs import RunFileError, RunFolder
+    from aline.runs.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    folder = RunFolder(run)
+    folder.save_checkpoint({"model": {"w": torch.arange(3.0)}})
+    assert torch.equal(folder.load_checkpoint()["model"]["w"], torch.arange(3.0))
+    assert not list(folder.checkpoints.glob("*.tmp"))  # written beside, then renamed over
+    outside = _outside(tmp_path)
+    other = tmp_path / "other_run"
+    other.mkdir()
+    linked = RunFolder(tmp_path / "linked")
+    linked.path.mkdir()
+    linked.checkpoints.symlink_to(other, target_is_directory=True)
+    with pytest.raises(RunFileError, match="symbolic link|outside the run folder"):
+        linked.save_checkpoint({"model": {}})
+    assert not list(other.iterdir()) and (outside / "victim.csv").exists()
+    (folder.checkpoints / "evil.pt").symlink_to(folder.last_checkpoint)
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        folder.load_checkpoint(folder.checkpoints / "evil.pt")

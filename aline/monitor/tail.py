@@ -236,7 +236,7 @@ def _parse_rows(
             return bulk, n_lines
     out: dict[str, list] = {name: [] for name in cols.names}
     n_rows = 0
-    for i, row in enumerate(csv.reader(io.StringIO(text))):
+    for i, row in enumerate(_rows(text, path, first_line)):
         if not row:
             continue
         line = first_line + 1 + i
@@ -249,6 +249,20 @@ def _parse_rows(
         name: np.asarray(vals, dtype=object if name in cols.text else np.float64)
         for name, vals in out.items()
     }, n_rows
+
+
+def _rows(text: str, path: Path, first_line: int):  # -> Iterator[list[str]]
+    """CSV rows of ``text``; a line the csv module cannot split (a lone CR inside it) is a ValueError
+    naming the file's line, like every other bad line."""
+    reader = csv.reader(io.StringIO(text))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ValueError(f"{path}: line {first_line + reader.line_num}: not a CSV line ({exc})") from None
+        yield row
 
 
 def _to_float(cell: str, path: Path, line: int, column: str) -> float:

@@ -22,9 +22,17 @@ from typing import Any
 
 import torch
 
-from aline.runs.files import RunFileError, open_binary
+from aline.contract import atomic_write
+from aline.runs.files import RunFileError, inside, is_link, open_binary
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_checkpoint_dict", "model_state", "state_mismatch"]
+__all__ = [
+    "CheckpointError",
+    "load_checkpoint",
+    "load_checkpoint_dict",
+    "model_state",
+    "save_checkpoint",
+    "state_mismatch",
+]
 
 
 class CheckpointError(RunFileError):
@@ -128,3 +136,14 @@ def state_mismatch(err: RuntimeError) -> str:
     """The informative lines of torch's ``load_state_dict`` error (missing, unexpected, mis-sized keys)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return " ".join(lines[1:4] or lines[:1])
+
+
+def save_checkpoint(payload: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file beside ``path``, renamed over it once complete (a reader or a kill
+    sees the old checkpoint or the new one). Its folder is created if need be; a link there is refused."""
+    path = Path(path)
+    if is_link(path.parent):
+        raise CheckpointError(f"{path.parent}: is a symbolic link; refusing to write {path.name} through it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(inside(path.parent, path), "wb") as fh:
+        torch.save(payload, fh)

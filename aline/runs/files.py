@@ -28,16 +28,12 @@ class RunFileError(ValueError):
 
 
 def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
-    """``path`` (absolute, or relative to ``root``) with its folders resolved, checked to lie inside ``root``.
+    """``path`` (absolute, or relative to the current folder like ``root`` itself) with its folders
+    resolved, checked to lie inside ``root``.
 
     The last component is not resolved: the open that follows refuses it if it is a link."""
     root_real = os.path.realpath(root)
     p = Path(path)
-    if not p.is_absolute():
-        try:
-            p.relative_to(root)  # a relative path that already starts with the root: from the working dir
-        except ValueError:
-            p = Path(root) / p
     if p.name in ("", ".", ".."):
         raise RunFileError(f"{p}: not a file name inside the run folder {root}")
     full = os.path.join(os.path.realpath(p.parent), p.name)
@@ -51,7 +47,9 @@ def _open_fd(
 ) -> int:
     real = inside(root, path)
     try:
-        return os.open(real, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        # O_NONBLOCK: a FIFO planted where a run file should be must not hang the open or a read (it is
+        # then refused as no regular file); on a regular file the flag changes nothing.
+        return os.open(real, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except FileNotFoundError:
         raise
     except OSError as err:
@@ -112,20 +110,14 @@ def parse_json(text: str, path: str | os.PathLike[str]) -> Any:
         raise RunFileError(f"{path} is not usable JSON ({err})") from None
 
 
-def read_json(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Any:
-    return parse_json(read_text(root, path), path)
-
-
 def open_for_append(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> io.TextIOWrapper:
     """``path`` opened for appending UTF-8 text (created if absent), never through a link."""
-    fd = _open_fd(root, path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    return _text(fd, "a", path)
+    return _regular(_open_fd(root, path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), path, "a")
 
 
 def open_for_write(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> io.TextIOWrapper:
     """``path`` created or emptied for writing UTF-8 text, never through a link."""
-    fd = _open_fd(root, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    return _text(fd, "w", path)
+    return _regular(_open_fd(root, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), path, "w")
 
 
 def open_binary(root: str | os.PathLike[str], path: str | os.PathLike[str], write: bool = False) -> IO[bytes]:
@@ -133,8 +125,7 @@ def open_binary(root: str | os.PathLike[str], path: str | os.PathLike[str], writ
     FileNotFoundError when absent, RunFileError for a link, a folder, anything but a regular file."""
     if write:
         return _regular(_open_fd(root, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), path, "wb")
-    # O_NONBLOCK: a FIFO planted where a run file should be must not hang the reader.
-    return _regular(_open_fd(root, path, os.O_RDONLY | os.O_NONBLOCK), path, "rb")
+    return _regular(_open_fd(root, path, os.O_RDONLY), path, "rb")
 
 
 def _regular(fd: int, path: str | os.PathLike[str], mode: str) -> Any:
@@ -150,15 +141,10 @@ def _regular(fd: int, path: str | os.PathLike[str], mode: str) -> Any:
         raise
 
 
-def _text(fd: int, mode: str, path: str | os.PathLike[str] = "") -> io.TextIOWrapper:
-    return _regular(fd, path, mode)
-
-
 @contextlib.contextmanager
 def update_in_place(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """``path`` opened for reading and writing bytes (``rb+``), never through a link."""
-    fd = _open_fd(root, path, os.O_RDWR)
-    with os.fdopen(fd, "rb+") as fh:
+    with _regular(_open_fd(root, path, os.O_RDWR), path, "rb+") as fh:
         yield fh
 
 

@@ -10,10 +10,11 @@ pydantic models) are imported where a method needs them, so that the monitor sta
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from aline import contract as C
 from aline.runs import files
@@ -101,9 +102,9 @@ class RunFolder:
         except RunFileError:
             return {}
 
-    def write_status(self, payload: dict[str, Any]) -> None:
+    def write_status(self, payload: dict[str, Any], name: str = C.STATUS_FILE) -> None:
         """Replace status.json atomically (the rename replaces a link at that name, never follows it)."""
-        C.write_json_atomic(files.inside(self.path, C.STATUS_FILE), payload)
+        C.write_json_atomic(files.inside(self.path, self.path / name), payload)
 
     # --- config.yaml ------------------------------------------------------------------------------------
 
@@ -125,6 +126,10 @@ class RunFolder:
             raise RunFileError(f"{path}: not usable YAML (nested too deeply)") from None
         if not isinstance(data, dict):
             raise RunFileError(f"{path}: not a mapping of config sections")
+        try:  # YAML anchors can make a mapping that holds itself, which no reader of it survives
+            json.dumps(data, default=str)
+        except (ValueError, RecursionError):
+            raise RunFileError(f"{path}: a mapping that refers to itself (a YAML alias loop)") from None
         return data
 
     def load_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -144,7 +149,7 @@ class RunFolder:
         import yaml
 
         text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        C.write_text_atomic(files.inside(self.path, C.CONFIG_FILE), text)
+        C.write_text_atomic(files.inside(self.path, self.file(C.CONFIG_FILE)), text)
 
     # --- normalizer.json --------------------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class RunFolder:
         return Normalizer.from_text(text, path)
 
     def save_normalizer(self, normalizer: Normalizer) -> None:
-        normalizer.save(files.inside(self.path, C.NORMALIZER_FILE))
+        normalizer.save(files.inside(self.path, self.file(C.NORMALIZER_FILE)))
 
     # --- checkpoints ------------------------------------------------------------------------------------
 
@@ -196,6 +201,12 @@ class RunFolder:
             "finished at least one epoch?"
         )
 
+    def save_checkpoint(self, payload: Any, name: str = C.LAST_CHECKPOINT) -> None:
+        """Write ``checkpoints/<name>`` atomically (see :func:`aline.runs.checkpoint.save_checkpoint`)."""
+        from aline.runs.checkpoint import save_checkpoint
+
+        save_checkpoint(payload, files.inside(self.path, self.checkpoints / name))
+
     def owns(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` names a file inside this run folder (its folders resolved)."""
         try:
@@ -225,21 +236,8 @@ class RunFolder:
     def open_write(self, name: str) -> io.TextIOWrapper:
         return files.open_for_write(self.path, self.file(name))
 
-    def open_binary(self, name: str) -> IO[bytes]:
-        return files.open_binary(self.path, self.file(name), write=True)
-
-    def update_in_place(self, name: str):  # -> context manager of a binary file opened rb+
-        return files.update_in_place(self.path, self.file(name))
-
     def truncate(self, name: str, size: int) -> None:
         files.truncate(self.path, self.file(name), size)
-
-    def safe_target(self, relative: str | os.PathLike[str]) -> Path:
-        """A path to write inside the folder, refused (RunFileError) when it is a link or leaves it."""
-        real = files.inside(self.path, self.path / relative)
-        if files.is_link(real):
-            raise RunFileError(f"{self.path / relative}: is a symbolic link; refusing to write through it")
-        return real
 
     def output_dir(self, name: str) -> Path:
         """The sub-folder ``name`` (created if absent) for a tool's outputs (``eval/``): refused when it, or

@@ -20,10 +20,9 @@ from aline.contract import (
     HIGHER_IS_BETTER,
     LAST_CHECKPOINT,
     VAL_METRICS,
-    atomic_write,
 )
 from aline.model.network import unwrap
-from aline.runs.checkpoint import CheckpointError, load_checkpoint_dict
+from aline.runs.checkpoint import CheckpointError, load_checkpoint_dict, save_checkpoint
 from aline.training.handlers.common import _is_writer, _number
 from aline.training.handlers.status import RunStatus
 
@@ -108,10 +107,7 @@ class LastCheckpoint:
     def save(self) -> None:
         if not _is_writer():
             return
-        payload = self.state()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.path, "wb") as fh:
-            torch.save(payload, fh)
+        save_checkpoint(self.state(), self.path)
 
 
 def last_checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:

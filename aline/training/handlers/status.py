@@ -25,8 +25,8 @@ from aline.contract import (
     STATE_FINISHED,
     STATE_RUNNING,
     STATE_STOPPED,
-    write_json_atomic,
 )
+from aline.runs import RunFolder
 from aline.runs.files import RunFileError, read_text
 from aline.runs.status import parse_status, status_int
 from aline.training.handlers.common import LOGGER_NAME, _is_writer, _number
@@ -88,7 +88,7 @@ class RunStatus:
             if self.data["state"] == STATE_RUNNING:
                 self.data["heartbeat"] = now
             if _is_writer():
-                write_json_atomic(self.path, self.data)
+                RunFolder(self.path.parent).write_status(self.data, self.path.name)
 
     def beat(self) -> None:
         """Refresh the heartbeat (only while running: a finished run has no owner to prove alive)."""
