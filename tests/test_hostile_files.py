@@ -556,3 +556,13 @@ def test_runfolder_checkpoints_are_written_and_read_inside_the_folder_only(tmp_p
     (folder.checkpoints / "evil.pt").symlink_to(folder.last_checkpoint)
     with pytest.raises(CheckpointError, match="symbolic link"):
         folder.load_checkpoint(folder.checkpoints / "evil.pt")
+
+
+def test_fuzz_found_a_quote_that_is_never_closed(made: Made, tmp_path: Path) -> None:
+    lines = _val(made).read_text().splitlines(keepends=True)
+    lines[3] = '"' + lines[3]  # the rest of the file is one quoted cell, longer than csv's field limit
+    path = tmp_path / "quote.csv"
+    path.write_text("".join(lines) + "".join(lines[4:]) * 20)
+    cfg = load_config(made.run / C.CONFIG_FILE)
+    with pytest.raises(DataError, match=r"quote\.csv: line 4: malformed CSV .*never closed"):
+        read_split(path, cfg.data.columns, require_targets=False)

@@ -165,13 +165,18 @@ def diagnose_csv(path: Path, header: list[str], plan: ReadPlan, arrow_msg: str) 
         with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
             reader = csv.reader(fh)
             previous = 0  # physical lines consumed before this record (a quoted cell may span lines)
-            for fields in reader:
-                lineno, previous = previous + 1, reader.line_num
-                if fields and len(fields) != len(header):
-                    return DataError(
-                        f"{path}: line {lineno}: expected {len(header)} fields like the header, "
-                        f"found {len(fields)}"
-                    )
+            try:
+                for fields in reader:
+                    lineno, previous = previous + 1, reader.line_num
+                    if fields and len(fields) != len(header):
+                        return DataError(
+                            f"{path}: line {lineno}: expected {len(header)} fields like the header, "
+                            f"found {len(fields)}"
+                        )
+            except csv.Error as err:  # a quote never closed runs on to the end of the file
+                return DataError(
+                    f"{path}: line {previous + 1}: malformed CSV ({err}; a quote that is never closed?)"
+                )
         return DataError(f"{path}: malformed CSV ({arrow_msg})")
 
     import pandas as pd  # only needed on this error path

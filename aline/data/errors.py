@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from collections.abc import Callable
@@ -48,16 +49,17 @@ def csv_row_lines(path: Path, n_rows: int) -> np.ndarray:
     with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
         reader = csv.reader(fh)
         previous = 0  # lines consumed before this record
-        for record in reader:
-            first, previous = previous + 1, reader.line_num
-            if not record:
-                continue
-            if not seen_header:
-                seen_header = True
-                continue
-            starts.append(first)
-            if len(starts) >= n_rows:
-                break
+        with contextlib.suppress(csv.Error):  # an unclosed quote: the lines found so far are all there is
+            for record in reader:
+                first, previous = previous + 1, reader.line_num
+                if not record:
+                    continue
+                if not seen_header:
+                    seen_header = True
+                    continue
+                starts.append(first)
+                if len(starts) >= n_rows:
+                    break
     return np.asarray(starts, dtype=np.int64)
 
 
