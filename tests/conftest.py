@@ -46,7 +46,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return OneWorkerModules(config, log)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The long fuzz profile runs only when asked for (-m fuzz_long, or ALINE_FUZZ_LONG=1): otherwise it is
+    # deselected, not skipped, since nothing is missing.
+    chosen = config.getoption("markexpr") or ""
+    if not (os.environ.get("ALINE_FUZZ_LONG") or ("fuzz_long" in chosen and "not fuzz_long" not in chosen)):
+        long = [item for item in items if item.get_closest_marker("fuzz_long")]
+        if long:
+            config.hook.pytest_deselected(items=long)
+            items[:] = [item for item in items if not item.get_closest_marker("fuzz_long")]
     # pytest-xdist hands tests out in this order, one at a time: the slow ones go first so that none of
     # them starts near the end and runs on alone while the other worker has nothing left to do.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fuzzkit import (
+from helpers.fuzzkit import (
     Example,
     Outcome,
     check,
@@ -48,13 +48,12 @@ from fuzzkit import (
     status_payloads,
     subprocess_cli,
 )
-from hostile import Made, make_run, train_args
+from helpers.hostile import Made, make_run, train_args
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from aline import contract as C
 
-LONG = bool(os.environ.get("ALINE_FUZZ_LONG"))
 LONG_EXAMPLES = int(os.environ.get("ALINE_FUZZ_EXAMPLES", "100"))
 COMMON = {
     "deadline": None,
@@ -327,12 +326,10 @@ def _long_targets(made: Made, tmp_path: Path, runner: str) -> dict[str, Callable
 
 
 @pytest.mark.fuzz_long
-def test_fuzz_long_profile(made: Made, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_fuzz_long_profile(made: Made, tmp_path: Path) -> None:
     """Every target with both runners; all failures are collected and reported together, with how many
     examples each target ran (also appended to ``$ALINE_FUZZ_REPORT`` as JSON lines)."""
-    chosen = request.config.getoption("markexpr") or ""
-    if not (LONG or ("fuzz_long" in chosen and "not fuzz_long" not in chosen)):
-        pytest.skip("the long fuzz profile is opt-in: pytest -m fuzz_long (see this module's docstring)")
+    # Collected only when asked for (tests/conftest.py deselects it otherwise).
     report = os.environ.get("ALINE_FUZZ_REPORT")
     failures = []
     for runner in ("in_process", "python_m"):

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hostile import Made, cli, copy_run, make_run, one_line_error, snapshot
+from helpers.hostile import Made, cli, copy_run, make_run, one_line_error, snapshot
 
 from aline import contract as C
 from aline.config import load_config
@@ -180,7 +180,7 @@ def test_f4_a_raw_pickle_checkpoint_is_named_without_torchs_advice(
     elif command == "predict":
         proc = cli("aline.predict", run, _val(made))
     else:
-        from hostile import train_args
+        from helpers.hostile import train_args
 
         proc = cli("aline.train", *train_args(made.data, tmp_path / "new"), f"trainer.init_from={run}")
     assert proc.returncode == 2, proc.stderr
@@ -480,7 +480,7 @@ def test_fuzz_found_the_summary_of_a_run_whose_best_value_is_undefined(tmp_path:
 
 
 def test_fuzz_found_a_carriage_return_inside_a_csv_log_line(tmp_path: Path) -> None:
-    from monitor_fixtures import write_run
+    from helpers.monitor_fixtures import write_run
 
     from aline.monitor.runview import RunData
 
@@ -517,7 +517,7 @@ def test_fuzz_found_a_value_too_far_outside_the_training_range(
 
 
 def test_a_config_yaml_that_refers_to_itself_is_unreadable_not_a_crash(tmp_path: Path) -> None:
-    from monitor_fixtures import write_run
+    from helpers.monitor_fixtures import write_run
 
     from aline.monitor.runview import RunData, config_diff
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hostile import ROOT, cli, env, make_data, train_args
+from helpers.hostile import ROOT, cli, env, make_data, train_args
 
 from aline import contract as C
 
-DRIVER = ROOT / "tests" / "hostile_driver.py"
+DRIVER = ROOT / "tests" / "helpers" / "hostile_driver.py"
 
 
 def without_time(path: Path) -> bytes:

@@ -1,4 +1,4 @@
-"""``python tests/hostile_driver.py HOOK [train args]``: ``aline.train`` with one fault injected.
+"""``python tests/helpers/hostile_driver.py HOOK [train args]``: ``aline.train`` with one fault injected.
 
 HOOK ``kill-at-setup``: SIGKILL when the run's engines are about to be built, after its folder exists and
 before its first ``last.pt``: the window in which a killed run used to be neither resumable nor restartable.

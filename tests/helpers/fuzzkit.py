@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from hostile import ROOT, env, snapshot
 from hypothesis import strategies as st
 
 from aline import contract as C
+from helpers.hostile import ROOT, env, snapshot
 
 # --- running a CLI -----------------------------------------------------------------------------------------
 
