@@ -1,4 +1,4 @@
-"""One object that owns a run folder's files (``shared/design.md``, "The run folder").
+"""One object that owns a run folder's files (docs/run-folder.md).
 
 The trainer, resume, init-from, evaluate, predict and the monitor read and write a run's files through
 :class:`RunFolder`: every file is opened inside the folder and never through a symbolic link
