@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-import numpy as np
 import torch
 from ignite.engine import Engine
 from torch.utils.data import DataLoader
@@ -29,20 +27,27 @@ from aline.config import SPLITS, Config, ConfigError, load_config
 from aline.config_doc import keys_help
 from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, feature_report, load_splits, return_freed_memory
-from aline.data.dataset import Normalizer, WindowDataset
+from aline.data.dataset import Normalizer
 from aline.data.shared import SharedSplit, open_splits
-from aline.model.asking import answer_mapping_problem, drop_unaskable_answers, has_answer_channel, pool_mask
+from aline.model.asking import drop_unaskable_answers
 from aline.model.network import build_model, unwrap
 from aline.runs import RunFileError, RunFolder
 from aline.runs.ownership import OwnershipError, RunOwner, check_runs_root, create_run_dir
 from aline.runs.status import status_int
-from aline.scoring import binary_scores
-from aline.training.closed_loop import resolve_info_gain, resolve_reward
 from aline.training.engine import make_loader, setup_averaging, setup_evaluator, setup_trainer
 from aline.training.handlers import RunHandlers, install_sigterm_handler
 from aline.training.init_from import InitFrom, load_init
 from aline.training.launch import Launch, RankFailed, rank_data, run_ranks
-from aline.training.losses import resolve_mean_target, resolve_posterior
+from aline.training.run_data import (
+    check_roles,
+    exact_set_share,
+    is_finite_number,
+    oracle_references,
+    reference_roles,
+    resolve_config,
+    window_dataset,
+    without_references,
+)
 
 
 @dataclass
@@ -91,183 +96,8 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
                 f"warning: {splits[name].path}: dropped {dropped} answer(s) at hours that cannot be asked "
                 f"(policy.unaskable_when={cfg.policy.unaskable_when})"
             )
-    _check_roles(cfg, splits)
+    check_roles(cfg, splits)
     return {s: splits[s] for s in ("train", "val")}
-
-
-# The columns that only a simulator can write: references to score a run by, never a cohort's data.
-REFERENCE_ROLES = {
-    "sigma": "posterior std",
-    "post_mean": "posterior mean",
-    "query_value": "query value",
-    "p_bayes": "p_bayes",
-    "p_true": "p_true",
-}
-
-
-def reference_roles(raw: RawSplit) -> list[str]:
-    """The reference columns (by role name) that ``raw`` carries."""
-    return [what for role, what in REFERENCE_ROLES.items() if getattr(raw, role) is not None]
-
-
-def without_references(raw: RawSplit) -> RawSplit:
-    """``raw`` with every reference column left out."""
-    import dataclasses
-
-    return dataclasses.replace(raw, **dict.fromkeys(REFERENCE_ROLES))
-
-
-def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
-    """``cfg`` with the data-dependent choices made (``loss.posterior``, ``loss.bce_into_encoder``,
-    ``loss.mean_target``, ``policy.reward=auto``, ``policy.info_gain=auto``), so the run's config.yaml
-    says what the run did and predict/evaluate rebuild the same model."""
-    train = splits["train"]
-    posterior = resolve_posterior(cfg.loss, train.z is not None, train.sigma is not None)
-    into = cfg.loss.bce_into_encoder
-    if into == "auto":
-        # Without latent targets the labels are the only signal the encoder gets.
-        into = posterior == "none"
-    mean_target = resolve_mean_target(cfg.loss, posterior, train.post_mean is not None)
-    loss = cfg.loss.model_copy(
-        update={"posterior": posterior, "bce_into_encoder": into, "mean_target": mean_target}
-    )
-    reward = resolve_reward(
-        cfg.policy.reward,
-        has_query_value=train.query_value is not None,
-        has_answers=train.answers is not None,
-        has_truth=train.z is not None,
-    )
-    data = cfg.data.model_copy(update={"oracle_free": not reference_roles(train)})
-    policy = cfg.policy.model_copy(
-        update={
-            "reward": reward,
-            "info_gain": resolve_info_gain(cfg.policy.info_gain, has_truth=train.z is not None),
-        }
-    )
-    return cfg.model_copy(update={"data": data, "loss": loss, "policy": policy})
-
-
-def pool_for(cfg: Config, raw: RawSplit) -> np.ndarray:
-    """The question pool of one split under this config. ``[N, 24]`` bool"""
-    return pool_mask(raw, cfg.data.columns.asked_feature, cfg.policy.unaskable_when)
-
-
-def window_dataset(cfg: Config, raw: RawSplit, normalizer: Normalizer) -> WindowDataset:
-    """One split as the loaders serve it: normalised, with its question pool under this config."""
-    return WindowDataset(raw, normalizer, pool=pool_for(cfg, raw), answer_channel=has_answer_channel(cfg))
-
-
-def _check_roles(cfg: Config, splits: dict[str, RawSplit]) -> None:
-    """Columns that the chosen options need, checked before any run folder exists (exit 2, not a crash)."""
-    cols = cfg.data.columns
-    raw = splits["train"]
-    problems = []
-    posterior = resolve_posterior(cfg.loss, raw.z is not None, raw.sigma is not None)
-    if posterior != "none" and raw.z is None:
-        problems.append(
-            f"loss.posterior={posterior} needs the latent columns {cols.latent_columns()} "
-            "(data.columns.latent_prefix, data.columns.latents); without them use loss.posterior=auto or none"
-        )
-    if posterior == "mse" and cfg.loss.sigma_target == "posterior" and raw.sigma is None:
-        where = _lacking(cols.sigma_columns(), "sigma_prefix")
-        problems.append(
-            f"loss.posterior=mse with loss.sigma_target=posterior needs the posterior std columns ({where}); "
-            "use loss.posterior=nll (or auto), which needs no sigma target"
-        )
-    if cfg.loss.mean_target == "posterior" and raw.post_mean is None:
-        where = _lacking(cols.post_mean_columns(), "post_mean_prefix")
-        problems.append(
-            f"loss.mean_target=posterior needs the posterior mean columns ({where}); "
-            "use loss.mean_target=truth (or auto)"
-        )
-    if cfg.policy.reward == "query_value" and raw.query_value is None:
-        problems.append(
-            f"policy.reward=query_value needs the column {cols.query_value!r} "
-            "(data.columns.query_value); use policy.reward=uncertainty instead"
-        )
-    if cfg.policy.reward in ("info_gain", "label_gain") and raw.answers is None:
-        problems.append(
-            f"policy.reward={cfg.policy.reward} needs an answer column (data.columns.answers = "
-            f"{cols.answers}); use policy.reward=uncertainty instead"
-        )
-    if raw.answers is not None:
-        misfit = answer_mapping_problem(raw, next(iter(cols.answers.values())))
-        if misfit:
-            problems.append(misfit)
-    reward = resolve_reward(
-        cfg.policy.reward,
-        has_query_value=raw.query_value is not None,
-        has_answers=raw.answers is not None,
-        has_truth=raw.z is not None,
-    )
-    # The estimator is read only by the info_gain reward: with another reward, logprob needs nothing.
-    if reward == "info_gain" and cfg.policy.info_gain == "logprob" and raw.z is None:
-        problems.append(
-            f"policy.info_gain=logprob scores answers by the latent truth: it needs the latent columns "
-            f"{cols.latent_columns()}; use policy.info_gain=variance (or auto)"
-        )
-    if problems:
-        raise DataError(f"{raw.path}: " + "; ".join(problems))
-
-
-def _lacking(columns: list[str] | None, prefix_key: str) -> str:
-    """Why a prefixed column group is missing: its prefix is switched off, or the file lacks the columns."""
-    return f"data.columns.{prefix_key} is null" if columns is None else f"the file lacks {columns}"
-
-
-def oracle_references(cfg: Config, val: RawSplit) -> dict[str, float]:
-    """Best-achievable figures on the validation split, shown by the monitor as dashed lines."""
-    refs: dict[str, float] = {}
-    if val.p_bayes is not None and val.y is not None:
-        refs.update(binary_scores(val.p_bayes, val.y))
-    if val.sigma is not None:
-        refs["post_mse_floor"] = float((val.sigma.astype("float64") ** 2).mean())
-    meta_path = cfg.data.meta_path
-    if meta_path.is_file():
-        split = _meta_val_split(meta_path)
-        for key in ("logreg_auc", "best_fixed_share", "random_share"):
-            if _finite(split.get(key)):
-                refs[key] = float(split[key])
-        # The exact-Bayes forecast after the oracle's k answers (simulator meta: asked.oracle.{auc,brier}).
-        asked = split.get("asked")
-        oracle_asked = asked.get("oracle") if isinstance(asked, dict) else None
-        oracle_asked = oracle_asked if isinstance(oracle_asked, dict) else {}
-        for key in ("auc", "brier"):
-            if _finite(oracle_asked.get(key)):
-                refs[f"{key}_asked"] = float(oracle_asked[key])
-    return refs
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
-
-
-def _meta_val_split(path: Path) -> dict[str, Any]:
-    """The simulator meta file's ``splits.val`` object ({} where the file has none); DataError when the
-    file is not readable JSON."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        why = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise DataError(f"{path}: not a readable meta JSON file ({why})") from None
-    splits = meta.get("splits") if isinstance(meta, dict) else None
-    split = splits.get("val") if isinstance(splits, dict) else None
-    return split if isinstance(split, dict) else {}
-
-
-def exact_set_share(cfg: Config, val: RawSplit):
-    """``asked [N, 24] -> share``: the exact variance cut of the asked sets over the greedy oracle's, on
-    the validation split (validation's ``policy_set_value``); None when the data has no exact model."""
-    from aline.evaluation.exact_reference import load_exact, set_share
-
-    try:
-        exact = load_exact(val, cfg.data.meta_path)
-    except DataError:
-        return None  # a meta file that does not describe these windows: the figure is undefined
-    if exact is None:
-        return None
-    oracle_cut = float(np.sum(exact.set_value(exact.greedy_oracle(cfg.policy.k))))
-    return lambda asked: set_share(exact, asked, oracle_cut)
 
 
 # --- the run folder ------------------------------------------------------------------------------------
@@ -645,7 +475,7 @@ def summary_line(result: TrainResult) -> str:
     a validation metric that was NaN at every epoch)."""
     best = result.best if isinstance(result.best, dict) else {}
     value = best.get("value")
-    shown = f"{value:.4f}" if _finite(value) else "undefined"
+    shown = f"{value:.4f}" if is_finite_number(value) else "undefined"
     return (
         f"run {result.run_dir}: finished after {result.epoch} epochs; best {best.get('metric')} "
         f"{shown} at epoch {best.get('epoch')} ({best.get('checkpoint')})"

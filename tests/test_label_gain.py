@@ -145,7 +145,8 @@ def _with_asleep_answers(data: Path) -> int:
 
 
 def test_answers_at_unaskable_hours_are_dropped_with_a_count(tmp_path: Path) -> None:
-    from aline.train import pool_for, prepare_data
+    from aline.train import prepare_data
+    from aline.training.run_data import pool_for
 
     data = make_data(tmp_path / "data")
     added = _with_asleep_answers(data)
@@ -270,7 +271,8 @@ def test_a_run_trained_without_references_says_so(tmp_path: Path) -> None:
 
 
 def test_oracle_free_true_ignores_the_train_splits_references(tmp_path: Path) -> None:
-    from aline.train import prepare_data, resolve_config
+    from aline.train import prepare_data
+    from aline.training.run_data import resolve_config
 
     cfg = load_config(None, [f"data.dir={make_data(tmp_path / 'data')}", "data.oracle_free=true"])
     said: list[str] = []

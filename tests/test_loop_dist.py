@@ -22,9 +22,9 @@ from aline.config import load_config
 from aline.data import read_split
 from aline.data.dataset import Normalizer, WindowDataset
 from aline.model.network import build_model
-from aline.train import pool_for, resolve_config
 from aline.training.engine import make_loader, setup_evaluator
 from aline.training.metrics import attach_validation_metrics
+from aline.training.run_data import pool_for, resolve_config
 
 N_WINDOWS, WORLD = 21, 2  # odd: the sampler pads one share with a duplicate
 LOOP_FIGURES = ("policy_value", "ask_outside_pool", "brier_asked", "auc_asked", "gain_spearman")
