@@ -29,6 +29,7 @@ from aline.contract import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from aline.data import DataError, RawSplit, feature_report, load_splits, return_freed_memory
 from aline.data.dataset import Normalizer
 from aline.data.shared import SharedSplit, open_splits
+from aline.data.splits import reference_roles, without_references
 from aline.model.asking import drop_unaskable_answers
 from aline.model.network import build_model, unwrap
 from aline.runs import RunFileError, RunFolder
@@ -43,10 +44,8 @@ from aline.training.run_data import (
     exact_set_share,
     is_finite_number,
     oracle_references,
-    reference_roles,
     resolve_config,
     window_dataset,
-    without_references,
 )
 
 

@@ -14,9 +14,30 @@ from aline.data.read import RawSplit, read_split
 
 _OPTIONAL = ("z", "sigma", "post_mean", "query_value", "p_bayes", "p_true", "subject_id", "answers")
 _OPTIONAL_NAMES = {"z": "latents", "sigma": "posterior std", "post_mean": "posterior mean"}
-# Reference columns (what only a simulator knows) may be in val and test without being in train: they
-# score a run trained without them. Never the other way: validation would lack what training used.
-_REFERENCES = frozenset({"sigma", "post_mean", "query_value", "p_bayes", "p_true"})
+# The columns that only a simulator can write, by role: references to score a run by, never a cohort's
+# data. They may be in val and test without being in train (they score a run trained without them), never
+# the other way: validation would lack what training used.
+REFERENCE_ROLES = {
+    "sigma": "posterior std",
+    "post_mean": "posterior mean",
+    "query_value": "query value",
+    "p_bayes": "p_bayes",
+    "p_true": "p_true",
+}
+
+
+def reference_roles(raw: RawSplit) -> list[str]:
+    """The reference columns (by role name) that ``raw`` carries."""
+    return [what for role, what in REFERENCE_ROLES.items() if getattr(raw, role) is not None]
+
+
+def without_references(raw: RawSplit) -> RawSplit:
+    """``raw`` with every reference column left out."""
+    import dataclasses
+
+    return dataclasses.replace(raw, **dict.fromkeys(REFERENCE_ROLES))
+
+
 # How many shared ids a split-overlap message quotes.
 _SHOWN_IDS = 5
 
@@ -79,7 +100,7 @@ def _cross_split_problems(out: dict[str, RawSplit]) -> list[str]:
     for s in names[1:]:
         differ = have[s] ^ have[first]
         if first == "train":
-            differ -= _REFERENCES & (have[s] - have[first])  # scoring-only references: allowed
+            differ -= REFERENCE_ROLES.keys() & (have[s] - have[first])  # scoring-only references: allowed
         if differ:
             diff = ", ".join(_OPTIONAL_NAMES.get(k, k) for k in sorted(differ))
             problems.append(

@@ -13,45 +13,21 @@ import numpy as np
 from aline.config import Config
 from aline.data import DataError, RawSplit
 from aline.data.dataset import Normalizer, WindowDataset
+from aline.data.splits import reference_roles
 from aline.model.asking import answer_mapping_problem, has_answer_channel, pool_mask
 from aline.scoring import binary_scores
 from aline.training.closed_loop import resolve_info_gain, resolve_reward
 from aline.training.losses import resolve_mean_target, resolve_posterior
 
 __all__ = [
-    "REFERENCE_ROLES",
     "check_roles",
     "exact_set_share",
     "is_finite_number",
     "oracle_references",
     "pool_for",
-    "reference_roles",
     "resolve_config",
     "window_dataset",
-    "without_references",
 ]
-
-
-# The columns that only a simulator can write: references to score a run by, never a cohort's data.
-REFERENCE_ROLES = {
-    "sigma": "posterior std",
-    "post_mean": "posterior mean",
-    "query_value": "query value",
-    "p_bayes": "p_bayes",
-    "p_true": "p_true",
-}
-
-
-def reference_roles(raw: RawSplit) -> list[str]:
-    """The reference columns (by role name) that ``raw`` carries."""
-    return [what for role, what in REFERENCE_ROLES.items() if getattr(raw, role) is not None]
-
-
-def without_references(raw: RawSplit) -> RawSplit:
-    """``raw`` with every reference column left out."""
-    import dataclasses
-
-    return dataclasses.replace(raw, **dict.fromkeys(REFERENCE_ROLES))
 
 
 def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
