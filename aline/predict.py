@@ -271,15 +271,9 @@ class Predictor:
             raw, cfg.data.columns.asked_feature, cfg.policy.unaskable_when, deployment=deployment
         )
 
-    def without_unaskable_answers(self, raw: RawSplit, warn=None) -> RawSplit:
+    def without_unaskable_answers(self, raw: RawSplit, warn: Callable[[str], None] | None = None) -> RawSplit:
         """``raw`` without answers at hours nobody can be asked (warned about through ``warn``)."""
-        raw, dropped = drop_unaskable_answers(raw, self.cfg.policy.unaskable_when)
-        if dropped and warn is not None:
-            warn(
-                f"warning: {raw.path}: dropped {dropped} answer(s) at hours that cannot be asked "
-                f"(policy.unaskable_when={self.cfg.policy.unaskable_when})"
-            )
-        return raw
+        return drop_unaskable_answers(raw, self.cfg.policy.unaskable_when, warn)
 
     def inputs(self, raw: RawSplit) -> tuple[np.ndarray, np.ndarray]:
         """The model's inputs for ``raw``: normalised features and mask, with the empty answer channel when

@@ -89,12 +89,7 @@ def prepare_data(cfg: Config, *, announce=print) -> dict[str, RawSplit]:
             splits["train"] = without_references(splits["train"])
             announce(f"data.oracle_free=true: training ignores the train split's {', '.join(ignored)}")
     for name in SPLITS:
-        splits[name], dropped = drop_unaskable_answers(splits[name], cfg.policy.unaskable_when)
-        if dropped:
-            announce(
-                f"warning: {splits[name].path}: dropped {dropped} answer(s) at hours that cannot be asked "
-                f"(policy.unaskable_when={cfg.policy.unaskable_when})"
-            )
+        splits[name] = drop_unaskable_answers(splits[name], cfg.policy.unaskable_when, announce)
     check_roles(cfg, splits)
     return {s: splits[s] for s in ("train", "val")}
 

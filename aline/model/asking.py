@@ -19,7 +19,7 @@ checks are NumPy (they run once per split).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,13 +69,17 @@ __all__ = [
 # --- the pool (NumPy, per split) ---------------------------------------------------------------------
 
 
+def _column(raw: RawSplit, name: str) -> np.ndarray:
+    """One feature's values ``[N, 24]`` (NaN where missing)."""
+    return raw.features[:, :, list(raw.feature_names).index(name)]
+
+
 def awake_mask(raw: RawSplit, unaskable_when: Sequence[str]) -> np.ndarray:
     """Hours at which a question can be put: every ``unaskable_when`` feature is 0 (missing counts as
     unaskable). ``[N, 24]`` bool"""
-    names = list(raw.feature_names)
     awake = np.ones((len(raw), raw.features.shape[1]), dtype=bool)
     for name in unaskable_when:
-        v = raw.features[:, :, names.index(name)]
+        v = _column(raw, name)
         awake &= ~np.isnan(v) & (v == 0)
     return awake
 
@@ -92,30 +96,36 @@ def pool_mask(
     awake = awake_mask(raw, unaskable_when)
     if asked_feature is None or asked_feature not in raw.feature_names:
         return awake
-    logged = ~np.isnan(raw.features[:, :, list(raw.feature_names).index(asked_feature)])
-    pool = awake & ~logged
+    pool = awake & np.isnan(_column(raw, asked_feature))  # not logged
     if raw.answers is not None:
         answered = ~np.isnan(raw.answers)
         pool &= ~answered if deployment else answered
     return pool
 
 
-def drop_unaskable_answers(raw: RawSplit, unaskable_when: Sequence[str]) -> tuple[RawSplit, int]:
+def drop_unaskable_answers(
+    raw: RawSplit, unaskable_when: Sequence[str], warn: Callable[[str], None] | None = None
+) -> RawSplit:
     """``raw`` without the answers found at unaskable hours where the feature was not logged (data-entry
-    noise: nobody can be asked while asleep), and how many there were. The split is returned unchanged
-    when there are none."""
+    noise: nobody can be asked while asleep); ``warn`` is told how many, when there are any. The split is
+    returned unchanged when there are none."""
     if raw.answers is None:
-        return raw, 0
-    logged = ~np.isnan(raw.features[:, :, list(raw.feature_names).index(raw.asked_feature)])
+        return raw
+    logged = ~np.isnan(_column(raw, raw.asked_feature))
     # Where the feature was logged, the answer column may repeat it (a simulator's convention); such a
     # cell is never in the pool, so only the unlogged ones are noise to drop.
     bad = ~np.isnan(raw.answers) & ~logged & ~awake_mask(raw, unaskable_when)  # [N, 24]
     count = int(bad.sum())
     if not count:
-        return raw, 0
+        return raw
+    if warn is not None:
+        warn(
+            f"warning: {raw.path}: dropped {count} answer(s) at hours that cannot be asked "
+            f"(policy.unaskable_when={list(unaskable_when)})"
+        )
     import dataclasses
 
-    return dataclasses.replace(raw, answers=np.where(bad, np.float32(np.nan), raw.answers)), count
+    return dataclasses.replace(raw, answers=np.where(bad, np.float32(np.nan), raw.answers))
 
 
 def answer_mapping_problem(raw: RawSplit, answer_column: str) -> str | None:
@@ -127,7 +137,7 @@ def answer_mapping_problem(raw: RawSplit, answer_column: str) -> str | None:
     if raw.answers is None or raw.asked_feature is None:
         return None
     feature = raw.asked_feature
-    logged = raw.features[:, :, list(raw.feature_names).index(feature)]  # [N, 24]
+    logged = _column(raw, feature)  # [N, 24]
     answers = raw.answers
     seen, given = ~np.isnan(logged), ~np.isnan(answers)
     if not seen.any() or not given.any():
