@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from aline.runs.files import RunFileError, decode_utf8
+
 
 class ConfigError(ValueError):
     """Invalid configuration; ``str(err)`` lists every problem, one per line."""
@@ -31,13 +33,9 @@ def read_yaml_file(path: str | Path) -> dict[str, Any]:
 def config_text(data: bytes, path: str | Path) -> str:
     """The UTF-8 text of a config file's bytes, or a ConfigError naming the line that is not."""
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise ConfigError(
-            f"config file {path}: line {line}: not UTF-8 text ({err.reason} at byte {err.start}); "
-            "save it as UTF-8"
-        ) from None
+        return decode_utf8(data, path)
+    except RunFileError as err:
+        raise ConfigError(f"config file {err}; save it as UTF-8") from None
 
 
 def yaml_tree(text: str, path: str | Path | None) -> dict[str, Any]:

@@ -11,7 +11,18 @@ import numpy as np
 
 from aline.data import DataError, RawSplit
 
-__all__ = ["load_exact", "set_share"]
+__all__ = ["load_exact", "read_meta", "set_share"]
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The simulator's meta file as a dict ({} when its top level is not an object); DataError naming the
+    file when it is not readable JSON."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise DataError(f"{path}: not a readable meta JSON file ({why})") from None
+    return meta if isinstance(meta, dict) else {}
 
 
 def load_exact(raw: RawSplit, meta_path: Path) -> Any:
@@ -23,11 +34,7 @@ def load_exact(raw: RawSplit, meta_path: Path) -> Any:
         return None  # references removed (a cohort made from simulated data): nothing exact to score by
     from aline.simulator.exact import load_exact_split
 
-    try:
-        asking = json.loads(meta_path.read_text(encoding="utf-8")).get("asking") or {}
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        why = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise DataError(f"{meta_path}: not a readable meta file ({why})") from None
+    asking = read_meta(meta_path).get("asking")
     if not isinstance(asking, dict) or asking.get("feature") != raw.asked_feature:
         return None  # a meta file from another simulator version, or another question than the run's
     try:

@@ -4,7 +4,6 @@ and the references the monitor draws (the Bayes forecast, the exact after-asking
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +157,9 @@ def is_finite_number(value: Any) -> bool:
 def _meta_val_split(path: Path) -> dict[str, Any]:
     """The simulator meta file's ``splits.val`` object ({} where the file has none); DataError when the
     file is not readable JSON."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        why = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise DataError(f"{path}: not a readable meta JSON file ({why})") from None
-    splits = meta.get("splits") if isinstance(meta, dict) else None
+    from aline.evaluation.exact_reference import read_meta
+
+    splits = read_meta(path).get("splits")
     split = splits.get("val") if isinstance(splits, dict) else None
     return split if isinstance(split, dict) else {}
 
