@@ -35,6 +35,7 @@ from aline.model.asking import (
     forecast_moments,
     has_answer_channel,
     one_answer_gains,
+    one_answer_outputs,
     pool_mask,
     pool_topk,
     reveal,
@@ -323,19 +324,13 @@ class Predictor:
         """p_next after each single pool hour's answer alone. ``[N, 24]`` float64, NaN off the pool."""
         x, mask, answer, j = self._answer_inputs(raw)
         hours = contract.HOURS
-        eye = np.eye(hours, dtype=bool)  # row h reveals hour h
         step = max(1, self.batch_size // hours)  # each window becomes 24 inputs
         out = []
         for start in range(0, x.shape[0], step):
             sl = slice(start, start + step)
-            b = x[sl].shape[0]
-            xb = torch.from_numpy(np.repeat(x[sl], hours, axis=0))  # [b*24, 24, F+1]
-            mb = torch.from_numpy(np.repeat(mask[sl], hours, axis=0))
-            ab = torch.from_numpy(np.repeat(answer[sl], hours, axis=0))  # [b*24, 24]
-            asked = torch.from_numpy(np.tile(eye, (b, 1)) & np.repeat(pool[sl], hours, axis=0))
-            xb, mb = reveal(xb, mb, ab, asked, j)
-            p = self.model(xb.to(self.device), mb.to(self.device)).p_next.double().cpu().numpy()
-            out.append(p.reshape(b, hours))
+            batch = [torch.from_numpy(a[sl]).to(self.device) for a in (x, mask, answer, pool)]
+            p = one_answer_outputs(self.model, *batch, j).p_next.double().cpu().numpy()
+            out.append(p.reshape(-1, hours))
         p1 = np.concatenate(out) if out else np.zeros((0, hours))
         return np.where(pool, p1, np.nan)
 

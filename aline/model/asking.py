@@ -56,6 +56,7 @@ __all__ = [
     "forecast_moments",
     "masked_gumbel_topk",
     "one_answer_gains",
+    "one_answer_outputs",
     "pool_log_prob",
     "pool_mask",
     "pool_topk",
@@ -268,6 +269,24 @@ def forecast_moments(out: AlineOutput, w: Tensor) -> tuple[Tensor, Tensor]:
     return mu @ w, sigma.square() @ w.square()
 
 
+def one_answer_outputs(
+    model: AlineModel | torch.nn.Module, x: Tensor, mask: Tensor, answer: Tensor, pool: Tensor, feature: int
+) -> AlineOutput:
+    """The model's output after each single pool hour's answer alone: one pass over B x T inputs, input
+    ``b * T + h`` revealing hour h of window b (nothing where h is off the pool)."""
+    b, t = pool.shape
+    eye = torch.eye(t, dtype=torch.bool, device=x.device)  # [T, T]: row h reveals hour h
+    asked = eye.unsqueeze(0) & pool.unsqueeze(1)  # [B, T(which), T(hours)]
+    xr, mr = reveal(
+        x.unsqueeze(1).expand(b, t, *x.shape[1:]),
+        mask.unsqueeze(1).expand(b, t, *mask.shape[1:]),
+        answer.unsqueeze(1).expand(b, t, t),
+        asked,
+        feature,
+    )
+    return model(xr.reshape(b * t, *x.shape[1:]), mr.reshape(b * t, *mask.shape[1:]))
+
+
 @torch.no_grad()
 def one_answer_gains(
     model: AlineModel | torch.nn.Module,
@@ -279,22 +298,10 @@ def one_answer_gains(
     w: Tensor,
     var0: Tensor,
 ) -> Tensor:
-    """The model's cut in its forecast variance from each single pool hour's answer. ``[B, T]`` (0 off pool)
-
-    One no-grad pass over B x T inputs, each revealing one hour.
-    """
+    """The model's cut in its forecast variance from each single pool hour's answer. ``[B, T]``, 0 off the
+    pool."""
     b, t = pool.shape
-    eye = torch.eye(t, dtype=torch.bool, device=x.device)  # [T, T]: row h reveals hour h
-    asked = eye.unsqueeze(0) & pool.unsqueeze(1)  # [B, T(which), T(hours)]
-    xr, mr = reveal(
-        x.unsqueeze(1).expand(b, t, *x.shape[1:]),
-        mask.unsqueeze(1).expand(b, t, *mask.shape[1:]),
-        answer.unsqueeze(1).expand(b, t, t),
-        asked,
-        feature,
-    )
-    out = model(xr.reshape(b * t, *x.shape[1:]), mr.reshape(b * t, *mask.shape[1:]))
-    _, var1 = forecast_moments(out, w)
+    _, var1 = forecast_moments(one_answer_outputs(model, x, mask, answer, pool, feature), w)
     return torch.where(pool, var0.unsqueeze(1) - var1.reshape(b, t), torch.zeros((), device=x.device))
 
 
