@@ -224,7 +224,7 @@ def main() -> None:
                 work.mkdir(parents=True, exist_ok=True)
                 row["deploy"] = deploy(run_dir, data / f"{PREFIX}_test.csv", work, report["k"], seed)
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items()}, default=_fmt), flush=True)
+            print(json.dumps(row, default=_fmt), flush=True)
     (args.work / "summary.json").write_text(json.dumps(rows, indent=1, default=float))
 
 
