@@ -10,7 +10,7 @@ Each key's default and description are written here once, in its ``Field``: ``co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -356,6 +356,13 @@ class LossConfig(_Section):
         "around it (Rao-Blackwellisation; docs/results.md) | auto: posterior when the data has it. The "
         "answer pass and val post_mse always use the truth.",
     )
+    readings: Annotated[float, Field(ge=0.0)] | Literal["auto"] = Field(
+        "auto",
+        description="Weight of the readings' own negative log-likelihood (per possible reading) in L_post, "
+        "for model.encoder=kalman, whose filter gives it: fitting the state-space model to the sensors, "
+        "diary and answers teaches it how reliable each reading is with no latent truth | auto: 1 when the "
+        "posterior loss is none (labels only), else 0. Other encoders have no such likelihood.",
+    )
     bce_into_encoder: bool | Literal["auto"] = Field(
         "auto",
         description="false: labels train only the prediction head w, b (mu_z read through a stop-gradient, "
@@ -385,11 +392,13 @@ class PolicyConfig(_Section):
         "w.z_23 | variance: 0.5 log of the model's forecast variance before / after | auto: logprob when "
         "the training data has the latent truth, else variance.",
     )
-    label_gain: Literal["observed", "expected"] = Field(
-        "observed",
+    label_gain: Literal["auto", "observed", "expected"] = Field(
+        "auto",
         description="label_gain estimator. observed: log p1(y) - log p0(y) at the window's own label | "
-        "expected: its mean over y under the forecast after the answers, KL(p1 || p0): no label noise, the "
-        "same expectation when that forecast is calibrated.",
+        "expected: its mean over y under the forecast after the answers, KL(p1 || p0), the model's expected "
+        "information gain on the label: no label noise, the same expectation when that forecast is "
+        "calibrated | auto: expected when loss.readings fits the kalman encoder to its readings (which is "
+        "what calibrates how far an answer moves the forecast), else observed.",
     )
     samples: int = Field(
         4, ge=1, le=64, description="Gumbel-top-k samples per window for the score-function estimator."

@@ -58,6 +58,13 @@ class TrainResult:
     oracle: dict[str, Any] = field(default_factory=dict)
 
 
+KALMAN_HINT = (
+    "note: labels only with answers: the kalman encoder fits the readings' own likelihood and so learns how "
+    "reliable each answer is; it asks and forecasts better here (--config configs/model/kalman.yaml; "
+    "docs/results.md)"
+)
+
+
 # --- before any work: data ---------------------------------------------------------------------------
 
 
@@ -316,6 +323,8 @@ def train(
         fresh = resume is not None and RunFolder(resume).never_started()
         splits = prepare_data(cfg, announce=announce)
         cfg = resolve_config(cfg, splits)
+        if cfg.policy.reward == "label_gain" and cfg.model.encoder != "kalman" and resume is None:
+            announce(KALMAN_HINT)
         # On resume the run's own last.pt and normaliser win; init_from only seeds a new run.
         init = None if resume is not None and not fresh else load_init(cfg)
         # Under torchrun every process runs this; rank 0 owns the folder and broadcasts its name.

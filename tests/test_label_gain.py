@@ -398,3 +398,47 @@ def test_a_simulated_split_without_its_references_is_scored_without_the_exact_mo
     assert report["asking"]["oracle"]["brier_model"] is None  # no exact model: no oracle strategy
     assert np.isfinite(report["asking"]["trained"]["brier_model"])
     assert report["asking"]["trained"]["set_share"] is None
+
+
+# --- the readings' likelihood: how a labels-only model learns what an answer is worth -------------------
+
+
+def test_labels_only_fits_the_kalman_encoder_to_its_readings_and_hints_at_it(tmp_path: Path) -> None:
+    from aline.train import KALMAN_HINT, prepare_data
+    from aline.training.run_data import resolve_config
+
+    data = make_data(tmp_path / "data")
+    for split in ("train", "val", "test"):
+        _strip(data, split, latents=True)
+    resolved = {}
+    for encoder in ("gru", "kalman"):
+        cfg = load_config(None, [f"data.dir={data}", f"model.encoder={encoder}"])
+        resolved[encoder] = resolve_config(cfg, prepare_data(cfg, announce=lambda _: None))
+    assert resolved["kalman"].loss.readings == 1.0 and resolved["kalman"].policy.reward == "label_gain"
+    assert resolved["gru"].loss.readings == 0.0  # the GRU has no likelihood of its readings
+    # Fitted to its readings, the model moves its forecast by what an answer is worth: the expected gain.
+    assert resolved["kalman"].policy.label_gain == "expected"
+    assert resolved["gru"].policy.label_gain == "observed"
+    explicit = load_config(None, [f"data.dir={data}", "model.encoder=kalman", "loss.readings=0.25"])
+    assert resolve_config(explicit, prepare_data(explicit, announce=lambda _: None)).loss.readings == 0.25
+    # With the latent truth the posterior is fitted to it, and the readings term is off unless asked for.
+    with_truth = load_config(None, [f"data.dir={make_data(tmp_path / 'z')}", "model.encoder=kalman"])
+    assert resolve_config(with_truth, prepare_data(with_truth, announce=lambda _: None)).loss.readings == 0.0
+    assert "kalman" in KALMAN_HINT and "configs/model/kalman.yaml" in KALMAN_HINT
+
+
+def test_l_post_takes_the_readings_nll_of_both_halves_of_the_loops_pass() -> None:
+    from aline.model.network import AlineOutput
+    from aline.training.losses import readings_part
+
+    cfg = load_config(None, ["loss.readings=0.5"]).loss
+    b = 3
+    nll = torch.tensor([1.0, 2.0, 3.0, 5.0, 7.0, 11.0])  # [2B]: the day as logged, then with its answers
+    zeros = torch.zeros(2 * b, HOURS, 1)
+
+    def out(readings):
+        return AlineOutput(zeros, zeros + 1.0, zeros[..., 0], zeros[..., 0], readings_nll=readings)
+
+    np.testing.assert_allclose(readings_part(out(nll), cfg, b).numpy(), 0.5 * (nll[:b] + nll[b:]).numpy() / 2)
+    np.testing.assert_allclose(readings_part(out(nll[:b]), cfg, b).numpy(), 0.5 * nll[:b].numpy())
+    assert torch.equal(readings_part(out(None), cfg, b), torch.zeros(b))  # an encoder without readings

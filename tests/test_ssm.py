@@ -136,3 +136,71 @@ def test_model_forecast_shrinks_with_the_state_variance() -> None:
 def test_bad_measurement_lists_are_refused(bad: list[int]) -> None:
     with pytest.raises(ValueError, match="measurement"):
         KalmanEncoder(N_FEATURES, bad, Z, hidden=4)
+
+
+def test_readings_nll_is_the_joint_gaussian_likelihood_of_the_observed_readings() -> None:
+    """The filter's prediction-error NLL against the readings' joint Gaussian written out by brute force."""
+    from scipy.stats import multivariate_normal
+
+    enc = _encoder(4)
+    x, mask = _inputs(5)
+    with torch.no_grad():
+        nll = enc(x, mask).readings_nll.numpy()
+        drive, q, offset, r = (a.numpy() for a in _model_terms(enc, x, mask))
+    a_mat, c_mat = enc.A.detach().numpy(), enc.C.detach().numpy()
+    s0 = np.diag(F.softplus(enc.s0_raw).detach().numpy() + VAR_FLOOR)
+    m = len(MEAS)
+    for i in range(B):
+        # z = mean + L e with independent e_0 ~ N(0, S0 + diag q_0), e_t ~ N(0, diag q_t).
+        mean = np.zeros((T, Z))
+        mean[0] = enc.mu0.detach().numpy() + drive[i, 0]
+        for t in range(1, T):
+            mean[t] = a_mat @ mean[t - 1] + drive[i, t]
+        lmat = np.zeros((T * Z, T * Z))
+        for t in range(T):
+            for s in range(t + 1):
+                lmat[t * Z : (t + 1) * Z, s * Z : (s + 1) * Z] = np.linalg.matrix_power(a_mat, t - s)
+        e_cov = np.zeros((T * Z, T * Z))
+        for t in range(T):
+            e_cov[t * Z : (t + 1) * Z, t * Z : (t + 1) * Z] = (s0 if t == 0 else 0.0) + np.diag(q[i, t])
+        z_cov = lmat @ e_cov @ lmat.T
+        obs_map = np.kron(np.eye(T), c_mat)  # [T*M, T*Z]
+        y_mean = obs_map @ mean.reshape(-1) + offset[i].reshape(-1)
+        y_cov = obs_map @ z_cov @ obs_map.T + np.diag(r[i].reshape(-1))
+        seen = mask[i][:, MEAS].numpy().reshape(-1) > 0
+        y = x[i][:, MEAS].numpy().reshape(-1)[seen]
+        ref = -multivariate_normal(y_mean[seen], y_cov[np.ix_(seen, seen)]).logpdf(y) / (T * m)
+        np.testing.assert_allclose(nll[i], ref, rtol=1e-9)
+
+
+def test_fitting_the_readings_likelihood_learns_which_hours_read_noisily() -> None:
+    """No latent truth, no labels: the readings' own likelihood teaches the measurement noise per hour.
+    A flag (an input) marks the hours whose reading has 40 times the noise variance of the others."""
+    g = torch.Generator().manual_seed(0)
+    n, t = 256, 24
+    z = torch.zeros(n, t)
+    z[:, 0] = torch.randn(n, generator=g)
+    for h in range(1, t):
+        z[:, h] = 0.8 * z[:, h - 1] + 0.6 * torch.randn(n, generator=g)
+    flag = (torch.rand(n, t, generator=g) < 0.5).float()
+    noise_sd = torch.where(flag > 0, 2.0**0.5, 0.05**0.5)
+    reading = z + noise_sd * torch.randn(n, t, generator=g)
+    x = torch.stack([flag, reading], dim=-1)  # [N, T, 2]: one input, one measurement
+    mask = torch.ones_like(x)
+    torch.manual_seed(0)
+    enc = KalmanEncoder(2, [1], 1, hidden=8)
+    with torch.no_grad():
+        # Off the zero loading: there the readings' gradient on C vanishes when nothing but the readings
+        # moves the state (in training the labels move it first).
+        enc.C.fill_(0.5)
+    opt = torch.optim.Adam(enc.parameters(), lr=3e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        enc(x, mask).readings_nll.mean().backward()
+        opt.step()
+    with torch.no_grad():
+        ctx_in = torch.cat([x[..., :1], mask[..., :1]], dim=-1)
+        terms = enc.to_noise(enc.context(ctx_in)[0]) + enc.direct(ctx_in)
+        r = F.softplus(terms[..., -1]) + VAR_FLOOR  # [N, T] the reading's noise variance
+    ratio = float(r[flag > 0].mean() / r[flag == 0].mean())
+    assert 20.0 < ratio < 80.0, f"noisy hours' learned variance {ratio:.2f}x the quiet hours', not about 40x"

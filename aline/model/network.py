@@ -40,6 +40,7 @@ class AlineOutput:
     scores: Tensor  # [B, T] logits of the query distribution over hours
     logits: Tensor  # [B, T] migraine logits mu_z,t · w + b
     cov_z: Tensor | None = None  # [B, T, Z, Z] full posterior covariance, when the encoder has one
+    readings_nll: Tensor | None = None  # [B] the readings' own NLL, when the encoder is a state-space model
 
     @property
     def p(self) -> Tensor:  # [B, T]
@@ -183,7 +184,14 @@ class AlineModel(nn.Module):
         # shrinks towards 1/2 as the state gets less certain, as the Bayes forecast does.
         v = torch.einsum("z,btzy,y->bt", self.w, cov, self.w)  # [B, T]
         logits = (mu_pred @ self.w + self.b) / torch.sqrt(1.0 + math.pi / 8.0 * v)
-        return AlineOutput(mu_z=mu_z, sigma_z=sigma_z, scores=scores, logits=logits, cov_z=st.cov)
+        return AlineOutput(
+            mu_z=mu_z,
+            sigma_z=sigma_z,
+            scores=scores,
+            logits=logits,
+            cov_z=st.cov,
+            readings_nll=st.readings_nll,
+        )
 
     def prediction_head_parameters(self) -> list[nn.Parameter]:
         """``w`` and ``b``: the only parameters the labels train under the default stop-gradient."""

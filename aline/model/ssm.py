@@ -13,6 +13,12 @@ offsets ``o_t`` and variances ``r_t``. Measurements never enter that GRU, so the
 through the Kalman gain: the posterior's uncertainty then says what a reading (or an answer written into
 the input) is worth, which the policy's info-gain reward and the sigma head rely on.
 
+The filter also gives the readings' own likelihood, as the product of each reading's Gaussian density
+given those before it (the prediction-error decomposition): ``readings_nll``, per window and possible
+reading. Fitting it needs no latent truth and no label, only the readings themselves, and it is what
+teaches ``r_t`` how noisy a reading (or an answer) is in each hour's context when the data has labels
+only (``loss.readings``).
+
 Measurements are absorbed one scalar at a time (exact for diagonal ``r``), so a missing value just zeroes
 its gain and the filter needs no inverse; the smoother's gains come from one batched solve. Products of
 these tiny matrices are written as broadcast multiply-and-sum, which is far faster on CPU than batched
@@ -21,12 +27,14 @@ these tiny matrices are written as broadcast multiply-and-sum, which is far fast
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+LOG_2PI = math.log(2.0 * math.pi)
 VAR_FLOOR = 1e-4  # keeps every variance, and so every covariance the filter builds, positive definite
 
 
@@ -35,6 +43,7 @@ class SmoothedState:
     mean: Tensor  # [B, T, Z]
     cov: Tensor  # [B, T, Z, Z]
     context: Tensor  # [B, T, H] the input GRU's states
+    readings_nll: Tensor  # [B] -log p(readings) per possible reading: the filter's innovation likelihood
 
 
 class KalmanEncoder(nn.Module):
@@ -96,6 +105,7 @@ class KalmanEncoder(nn.Module):
         mean = self.mu0 + drive[:, 0]  # [B, Z]
         cov = s0 + eye * q[:, 0].unsqueeze(-1)  # [B, Z, Z]
         means_f, covs_f, means_p, covs_p = [], [], [], []
+        nll = x.new_zeros(b)  # [B]
         for h in range(t):
             if h:
                 mean = _mv(a, mean) + drive[:, h]
@@ -109,7 +119,11 @@ class KalmanEncoder(nn.Module):
                 pc = (cov * c).sum(-1)  # [B, Z] = P c
                 s = (pc * c).sum(-1) + r[:, h, j]  # [B]
                 gain = pc * (obs[:, h, j] / s).unsqueeze(-1)  # [B, Z]
-                mean = mean + gain * (y[:, h, j] - (mean * c).sum(-1)).unsqueeze(-1)
+                innovation = y[:, h, j] - (mean * c).sum(-1)  # [B]
+                # The prediction error decomposition: the readings' likelihood is the product of each
+                # one's Gaussian predictive density given those before it.
+                nll = nll + obs[:, h, j] * 0.5 * (s.log() + innovation.square() / s + LOG_2PI)
+                mean = mean + gain * innovation.unsqueeze(-1)
                 cov = cov - gain.unsqueeze(-1) * pc.unsqueeze(-2)
             means_f.append(mean)
             covs_f.append(cov)
@@ -128,7 +142,7 @@ class KalmanEncoder(nn.Module):
             ps.append(0.5 * (cov + cov.transpose(-1, -2)))
         mean_s = torch.stack(ms[::-1], dim=1)  # [B, T, Z]
         cov_s = torch.stack(ps[::-1], dim=1)  # [B, T, Z, Z]
-        return SmoothedState(mean=mean_s, cov=cov_s, context=ctx)
+        return SmoothedState(mean=mean_s, cov=cov_s, context=ctx, readings_nll=nll / (t * m))
 
 
 def _mm(a: Tensor, b: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from aline.training.losses import (
     label_gain_reward,
     posterior_nll,
     posterior_of,
+    readings_part,
     resolve_posterior,
     set_policy_loss,
     uncertainty_reward,
@@ -50,6 +51,7 @@ __all__ = [
     "loop_loss_with_first",
     "loop_eval",
     "resolve_info_gain",
+    "resolve_label_gain",
     "resolve_reward",
 ]
 
@@ -75,6 +77,16 @@ def resolve_info_gain(form: str, *, has_truth: bool) -> str:
     if form != "auto":
         return form
     return "logprob" if has_truth else "variance"
+
+
+def resolve_label_gain(form: str, readings: float | str) -> str:
+    """``policy.label_gain=auto``: ``expected`` (KL(p1 || p0), no label noise) when the readings' own
+    likelihood trains the model (``loss.readings`` > 0), since that is what makes an answer move the
+    forecast by as much as it is worth; else ``observed``, unbiased whatever the model. Other values pass
+    through."""
+    if form != "auto":
+        return form
+    return "expected" if readings != "auto" and float(readings) > 0.0 else "observed"
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,7 @@ def loop_loss_with_first(
             # No column holds the exact std after answers: sigma learns from the NLL (mean from the MSE).
             post = post + posterior_nll(mu[b:], sigma[b:], z, cfg.loss.lam)
         bce = 0.5 * (bce + bce_loss(logit[b:], y))
+    post = post + readings_part(out, cfg.loss, b)
     log_prob = asking.pool_log_prob(scores, pool, hours, valid)  # [S, B]
     policy = set_policy_loss(log_prob, set_reward, pol.baseline)
     total = post + cfg.loss.alpha * policy + cfg.loss.beta * bce
@@ -181,7 +194,8 @@ def _set_reward(
         outs = bare(xs.reshape(s * b, *x.shape[1:]), ms.reshape(s * b, *mask.shape[1:]))
         if reward == "label_gain":
             logit1 = outs.logit_next.reshape(s, b)  # [S, B]
-            return label_gain_reward(out0.logit_next, logit1, batch["y"], cfg.policy.label_gain)
+            form = resolve_label_gain(cfg.policy.label_gain, cfg.loss.readings)
+            return label_gain_reward(out0.logit_next, logit1, batch["y"], form)
         m0, v0 = asking.forecast_moments(out0, w)  # [B]
         m1, v1 = asking.forecast_moments(outs, w)
         form = resolve_info_gain(cfg.policy.info_gain, has_truth="z" in batch)

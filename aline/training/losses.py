@@ -342,6 +342,18 @@ def posterior_of(mu_z: Tensor, sigma_z: Tensor, batch: dict[str, Tensor], loss_c
     return posterior_loss(mu_z, sigma_z, z, sigma_target, loss_cfg.lam)
 
 
+def readings_part(out: AlineOutput, loss_cfg: LossConfig, b: int) -> Tensor:
+    """``loss.readings`` times the readings' own NLL per window ``[B]``, averaged over the day as logged
+    and (when the pass holds ``2B`` rows) the day with its answers. Zero for an encoder without one."""
+    weight = loss_cfg.readings
+    if out.readings_nll is None or weight == "auto" or not weight:
+        return out.logits.new_zeros(b)
+    nll = out.readings_nll  # [B] or [2B]
+    if nll.shape[0] != b:
+        nll = 0.5 * (nll[:b] + nll[b:])
+    return float(weight) * nll
+
+
 def _require(batch: dict[str, Tensor], key: str, why: str) -> Tensor:
     if key not in batch:
         raise KeyError(f"composite_loss: batch has no {key!r} tensor, which {why} needs")

@@ -15,7 +15,7 @@ from aline.data.dataset import Normalizer, WindowDataset
 from aline.data.splits import reference_roles
 from aline.model.asking import answer_mapping_problem, has_answer_channel, pool_mask
 from aline.scoring import binary_scores
-from aline.training.closed_loop import resolve_info_gain, resolve_reward
+from aline.training.closed_loop import resolve_info_gain, resolve_label_gain, resolve_reward
 from aline.training.losses import resolve_mean_target, resolve_posterior
 
 __all__ = [
@@ -31,8 +31,9 @@ __all__ = [
 
 def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
     """``cfg`` with the data-dependent choices made (``loss.posterior``, ``loss.bce_into_encoder``,
-    ``loss.mean_target``, ``policy.reward=auto``, ``policy.info_gain=auto``), so the run's config.yaml
-    says what the run did and predict/evaluate rebuild the same model."""
+    ``loss.mean_target``, ``loss.readings``, ``policy.reward``, ``policy.info_gain``, ``policy.label_gain``,
+    each when ``auto``), so the run's config.yaml says what the run did and predict/evaluate rebuild the
+    same model."""
     train = splits["train"]
     posterior = resolve_posterior(cfg.loss, train.z is not None, train.sigma is not None)
     into = cfg.loss.bce_into_encoder
@@ -40,8 +41,17 @@ def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
         # Without latent targets the labels are the only signal the encoder gets.
         into = posterior == "none"
     mean_target = resolve_mean_target(cfg.loss, posterior, train.post_mean is not None)
+    readings = cfg.loss.readings
+    if readings == "auto":
+        # With no latent truth, the readings are the only thing the state-space model can be fitted to.
+        readings = 1.0 if posterior == "none" and cfg.model.encoder == "kalman" else 0.0
     loss = cfg.loss.model_copy(
-        update={"posterior": posterior, "bce_into_encoder": into, "mean_target": mean_target}
+        update={
+            "posterior": posterior,
+            "bce_into_encoder": into,
+            "mean_target": mean_target,
+            "readings": readings,
+        }
     )
     reward = resolve_reward(
         cfg.policy.reward,
@@ -54,6 +64,7 @@ def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
         update={
             "reward": reward,
             "info_gain": resolve_info_gain(cfg.policy.info_gain, has_truth=train.z is not None),
+            "label_gain": resolve_label_gain(cfg.policy.label_gain, readings),
         }
     )
     return cfg.model_copy(update={"data": data, "loss": loss, "policy": policy})
