@@ -131,6 +131,60 @@ def test_the_label_reward_learns_to_ask_the_hour_that_decides_the_label(one_torc
     assert float(((p_asked - y) ** 2).mean()) < float(((p_day - y) ** 2).mean()) - 0.1
 
 
+def _noisy_hours_batch(n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Features [asleep, rating, noisy] + the answer channel; the rating is never logged. The day's state u
+    decides the label; every awake hour's answer reads u, with noise variance 0.05, or 4 where the visible
+    ``noisy`` input is 1 (half the awake hours, at random). No latent truth, no query value."""
+    asleep = np.zeros((n, HOURS), dtype=np.float32)
+    asleep[:, :12] = 1.0
+    noisy = ((rng.random((n, HOURS)) < 0.5) & (asleep == 0)).astype(np.float32)
+    u = rng.normal(0, 1, (n, 1))
+    y = (rng.random(n) < 1 / (1 + np.exp(-3 * u[:, 0]))).astype(np.float32)
+    answer = u + rng.normal(0, 1, (n, HOURS)) * np.where(noisy > 0, 2.0, 0.05**0.5)
+    pool = asleep == 0
+    zeros = np.zeros_like(asleep)
+    x = np.stack([asleep, zeros, noisy, zeros], axis=-1)
+    mask = np.stack([np.ones_like(asleep), zeros, np.ones_like(asleep), zeros], axis=-1)
+    t = torch.from_numpy
+    return {
+        "index": torch.arange(n),
+        "x": t(x),
+        "mask": t(mask),
+        "y": t(y),
+        "pool": t(pool.astype(np.float32)),
+        "answer": t(np.where(pool, answer, 0.0).astype(np.float32)),
+        "noisy": t(noisy),
+    }
+
+
+@pytest.mark.slow
+def test_fitted_to_its_readings_the_kalman_encoder_learns_from_labels_to_ask_the_quiet_hours(
+    one_torch_thread,
+) -> None:
+    """Labels only, as the kalman preset trains: what an answer is worth shows only in how noisy it is.
+    With the readings' likelihood (which teaches the filter that noise) and the expected label gain that
+    ``auto`` takes with it, the policy learns to ask the quiet hours."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cfg = toy_config("noisy", "policy.reward=label_gain", "loss.posterior=none", "loss.readings=1.0")
+    spec = LoopSpec.from_config(cfg)
+    model = AlineModel(4, 1, encoder="kalman", d_model=16, measurements=[1, 3], detach_prediction=False)
+    head = model.prediction_head_parameters()
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    opt = torch.optim.Adam([{"params": body, "lr": 1e-2}, {"params": head, "lr": 0.2}])  # as the trainer
+    val = _noisy_hours_batch(400, np.random.default_rng(99))
+
+    def quiet_share() -> float:
+        model.eval()
+        res = loop_eval(model, val, cfg, spec)
+        return float((res["asked"] * (1 - val["noisy"])).sum() / res["asked"].sum())
+
+    before = quiet_share()
+    train_steps(model, opt, _noisy_hours_batch, cfg, 150, rng)
+    after = quiet_share()
+    assert after > 0.9 and after > before + 0.3, (before, after)  # random awake hours: half are quiet
+
+
 # --- the pool and the answers mapping ------------------------------------------------------------------
 
 
