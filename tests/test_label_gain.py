@@ -458,7 +458,7 @@ def test_a_simulated_split_without_its_references_is_scored_without_the_exact_mo
 
 
 def test_labels_only_fits_the_kalman_encoder_to_its_readings_and_hints_at_it(tmp_path: Path) -> None:
-    from aline.train import KALMAN_HINT, prepare_data
+    from aline.train import KALMAN_HINT, KALMAN_INFO_GAIN_HINT, encoder_hint, prepare_data
     from aline.training.run_data import resolve_config
 
     data = make_data(tmp_path / "data")
@@ -478,7 +478,14 @@ def test_labels_only_fits_the_kalman_encoder_to_its_readings_and_hints_at_it(tmp
     # With the latent truth the posterior is fitted to it, and the readings term is off unless asked for.
     with_truth = load_config(None, [f"data.dir={make_data(tmp_path / 'z')}", "model.encoder=kalman"])
     assert resolve_config(with_truth, prepare_data(with_truth, announce=lambda _: None)).loss.readings == 0.0
-    assert "kalman" in KALMAN_HINT and "configs/model/kalman.yaml" in KALMAN_HINT
+    assert encoder_hint(resolved["gru"]) == KALMAN_HINT and encoder_hint(resolved["kalman"]) is None
+    # info_gain with the exact posterior in train: no advice; without it, the same advice in its own words.
+    gru_truth = load_config(None, [f"data.dir={tmp_path / 'z'}", "policy.reward=info_gain"])
+    assert encoder_hint(resolve_config(gru_truth, prepare_data(gru_truth, announce=lambda _: None))) is None
+    _strip(tmp_path / "z", "train")
+    resolved_free = resolve_config(gru_truth, prepare_data(gru_truth, announce=lambda _: None))
+    assert resolved_free.loss.posterior == "nll" and encoder_hint(resolved_free) == KALMAN_INFO_GAIN_HINT
+    assert all("configs/model/kalman.yaml" in h for h in (KALMAN_HINT, KALMAN_INFO_GAIN_HINT))
 
 
 def test_l_post_takes_the_readings_nll_of_both_halves_of_the_loops_pass() -> None:
