@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers.loop_training import toy_config, train_steps
+from helpers.loop_training import toy_batch, toy_config, train_steps
 from helpers.rawsplit import raw_split
 
 from aline.data import RawSplit
@@ -185,26 +185,17 @@ def _toy_batch(n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     asleep[:, :6] = 1.0
     sd = np.where(reliable > 0, 0.2, 2.0)
     answer = z[:, None] + sd * rng.normal(0, 1, (n, HOURS))
-    pool = asleep == 0
-    # Rating unlogged; the last column is the (empty) answer channel.
-    x = np.stack([asleep, np.zeros_like(asleep), reliable, np.zeros_like(asleep)], axis=-1).astype(np.float32)
-    mask = np.stack(
-        [np.ones_like(asleep), np.zeros_like(asleep), np.ones_like(asleep), np.zeros_like(asleep)], axis=-1
-    )
-    qv = np.where(pool, 1.0 / (1.0 + sd**2), 0.0)
     p = 1 / (1 + np.exp(-2 * z))
-    t = torch.from_numpy
-    return {
-        "index": torch.arange(n),
-        "x": t(x),
-        "mask": t(mask.astype(np.float32)),
-        "z": t(np.repeat(z[:, None, None], HOURS, axis=1).astype(np.float32)),
-        "sigma": torch.ones(n, HOURS, 1),
-        "y": t((rng.random(n) < p).astype(np.float32)),
-        "pool": t(pool.astype(np.float32)),
-        "answer": t(np.where(pool, answer, 0.0).astype(np.float32)),
-        "query_value": t(qv.astype(np.float32)),
-    }
+    y = (rng.random(n) < p).astype(np.float32)
+    return toy_batch(
+        asleep,
+        reliable,
+        answer,
+        y,
+        z=np.repeat(z[:, None, None], HOURS, axis=1),
+        sigma=torch.ones(n, HOURS, 1),
+        query_value=np.where(asleep == 0, 1.0 / (1.0 + sd**2), 0.0),
+    )
 
 
 @pytest.mark.slow

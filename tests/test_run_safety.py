@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.hostile import ROOT, env, make_data
 from ignite.engine import Engine
 
 import aline.train as train_mod
 from aline import contract
-from aline.simulate import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "helpers" / "run_safety_driver.py"
 TINY = [
     "model.d_model=16",
@@ -43,18 +42,11 @@ CSVS = (contract.METRICS_FILE, contract.CALIBRATION_FILE, contract.TOPK_FILE)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    simulate(subjects=12, days=4, seed=5, out_dir=out, progress=False)
-    return out
+    return make_data(tmp_path_factory.mktemp("data"))
 
 
 def args(data: Path, runs: Path, *extra: str) -> list[str]:
     return [f"data.dir={data}", f"run.dir={runs}", *TINY, *extra]
-
-
-def env() -> dict[str, str]:
-    # One thread in every process, the test's own included (fixture one_torch_thread): identical sums.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def driver(hook: str, argv: list[str], **kw) -> subprocess.Popen:

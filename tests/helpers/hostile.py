@@ -67,6 +67,7 @@ def copy_run(run: Path, where: Path) -> Path:
 
 
 def env() -> dict[str, str]:
+    # One thread in every process, the test's own included (fixture one_torch_thread): identical sums.
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
