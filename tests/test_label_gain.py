@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers.evalhelp import make_data, make_run
-from helpers.loop_training import toy_config, train_steps
+from helpers.loop_training import toy_batch, toy_config, train_steps, trainer_like_adam
 from helpers.rawsplit import raw_split
 
 from aline import evaluate, scoring
@@ -84,20 +84,7 @@ def _key_hour_batch(n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]
     y = (rng.random(n) < 0.5).astype(np.float32)
     answer = rng.normal(0, 1, (n, HOURS))
     answer[np.arange(n), key_hour] = (2 * y - 1) * 1.5 + rng.normal(0, 0.3, n)
-    pool = asleep == 0
-    zeros = np.zeros_like(asleep)
-    x = np.stack([asleep, zeros, key, zeros], axis=-1)
-    mask = np.stack([np.ones_like(asleep), zeros, np.ones_like(asleep), zeros], axis=-1)
-    t = torch.from_numpy
-    return {
-        "index": torch.arange(n),
-        "x": t(x),
-        "mask": t(mask),
-        "y": t(y),
-        "pool": t(pool.astype(np.float32)),
-        "answer": t(np.where(pool, answer, 0.0).astype(np.float32)),
-        "key": t(key),
-    }
+    return toy_batch(asleep, key, answer, y, key=key)
 
 
 @pytest.mark.slow
@@ -108,9 +95,7 @@ def test_the_label_reward_learns_to_ask_the_hour_that_decides_the_label(one_torc
     spec = LoopSpec.from_config(cfg)
     assert spec.feature == 3  # the answer channel after the three features
     model = AlineModel(4, 1, d_model=32, layers=1, detach_prediction=False)
-    head = model.prediction_head_parameters()
-    body = [p for p in model.parameters() if all(p is not h for h in head)]
-    opt = torch.optim.Adam([{"params": body, "lr": 1e-2}, {"params": head, "lr": 0.2}])  # as the trainer
+    opt = trainer_like_adam(model)
     val = _key_hour_batch(400, np.random.default_rng(99))
 
     def asks_the_key_hour() -> float:
@@ -141,20 +126,7 @@ def _noisy_hours_batch(n: int, rng: np.random.Generator) -> dict[str, torch.Tens
     u = rng.normal(0, 1, (n, 1))
     y = (rng.random(n) < 1 / (1 + np.exp(-3 * u[:, 0]))).astype(np.float32)
     answer = u + rng.normal(0, 1, (n, HOURS)) * np.where(noisy > 0, 2.0, 0.05**0.5)
-    pool = asleep == 0
-    zeros = np.zeros_like(asleep)
-    x = np.stack([asleep, zeros, noisy, zeros], axis=-1)
-    mask = np.stack([np.ones_like(asleep), zeros, np.ones_like(asleep), zeros], axis=-1)
-    t = torch.from_numpy
-    return {
-        "index": torch.arange(n),
-        "x": t(x),
-        "mask": t(mask),
-        "y": t(y),
-        "pool": t(pool.astype(np.float32)),
-        "answer": t(np.where(pool, answer, 0.0).astype(np.float32)),
-        "noisy": t(noisy),
-    }
+    return toy_batch(asleep, noisy, answer, y, noisy=noisy)
 
 
 @pytest.mark.slow
@@ -169,9 +141,7 @@ def test_fitted_to_its_readings_the_kalman_encoder_learns_from_labels_to_ask_the
     cfg = toy_config("noisy", "policy.reward=label_gain", "loss.posterior=none", "loss.readings=1.0")
     spec = LoopSpec.from_config(cfg)
     model = AlineModel(4, 1, encoder="kalman", d_model=16, measurements=[1, 3], detach_prediction=False)
-    head = model.prediction_head_parameters()
-    body = [p for p in model.parameters() if all(p is not h for h in head)]
-    opt = torch.optim.Adam([{"params": body, "lr": 1e-2}, {"params": head, "lr": 0.2}])  # as the trainer
+    opt = trainer_like_adam(model)
     val = _noisy_hours_batch(400, np.random.default_rng(99))
 
     def quiet_share() -> float:
@@ -500,6 +470,11 @@ def test_l_post_takes_the_readings_nll_of_both_halves_of_the_loops_pass() -> Non
     def out(readings):
         return AlineOutput(zeros, zeros + 1.0, zeros[..., 0], zeros[..., 0], readings_nll=readings)
 
-    np.testing.assert_allclose(readings_part(out(nll), cfg, b).numpy(), 0.5 * (nll[:b] + nll[b:]).numpy() / 2)
-    np.testing.assert_allclose(readings_part(out(nll[:b]), cfg, b).numpy(), 0.5 * nll[:b].numpy())
-    assert torch.equal(readings_part(out(None), cfg, b), torch.zeros(b))  # an encoder without readings
+    both_halves = 0.5 * (nll[:b] + nll[b:]).numpy()
+    np.testing.assert_allclose(readings_part(out(nll), {}, cfg, b).numpy(), 0.5 * both_halves)
+    np.testing.assert_allclose(readings_part(out(nll[:b]), {}, cfg, b).numpy(), 0.5 * nll[:b].numpy())
+    assert torch.equal(readings_part(out(None), {}, cfg, b), torch.zeros(b))  # an encoder without readings
+    # auto, resolved from the batch as resolve_config does from the data: on with labels only, off with z.
+    auto = load_config(None, []).loss
+    np.testing.assert_allclose(readings_part(out(nll[:b]), {}, auto, b).numpy(), nll[:b].numpy())
+    assert torch.equal(readings_part(out(nll[:b]), {"z": zeros[:b]}, auto, b), torch.zeros(b))

@@ -36,6 +36,7 @@ from aline.training.losses import (
     posterior_nll,
     posterior_of,
     readings_part,
+    readings_weight,
     resolve_posterior,
     set_policy_loss,
     uncertainty_reward,
@@ -79,14 +80,14 @@ def resolve_info_gain(form: str, *, has_truth: bool) -> str:
     return "logprob" if has_truth else "variance"
 
 
-def resolve_label_gain(form: str, readings: float | str) -> str:
+def resolve_label_gain(form: str, readings: float) -> str:
     """``policy.label_gain=auto``: ``expected`` (KL(p1 || p0), no label noise) when the readings' own
     likelihood trains the model (``loss.readings`` > 0), since that is what makes an answer move the
     forecast by as much as it is worth; else ``observed``, unbiased whatever the model. Other values pass
     through."""
     if form != "auto":
         return form
-    return "expected" if readings != "auto" and float(readings) > 0.0 else "observed"
+    return "expected" if readings > 0.0 else "observed"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def loop_loss_with_first(
             # No column holds the exact std after answers: sigma learns from the NLL (mean from the MSE).
             post = post + posterior_nll(mu[b:], sigma[b:], z, cfg.loss.lam)
         bce = 0.5 * (bce + bce_loss(logit[b:], y))
-    post = post + readings_part(out, cfg.loss, b)
+    post = post + readings_part(out, batch, cfg.loss, b)
     log_prob = asking.pool_log_prob(scores, pool, hours, valid)  # [S, B]
     policy = set_policy_loss(log_prob, set_reward, pol.baseline)
     total = post + cfg.loss.alpha * policy + cfg.loss.beta * bce
@@ -194,7 +195,7 @@ def _set_reward(
         outs = bare(xs.reshape(s * b, *x.shape[1:]), ms.reshape(s * b, *mask.shape[1:]))
         if reward == "label_gain":
             logit1 = outs.logit_next.reshape(s, b)  # [S, B]
-            form = resolve_label_gain(cfg.policy.label_gain, cfg.loss.readings)
+            form = resolve_label_gain(cfg.policy.label_gain, readings_weight(out0, batch, cfg.loss))
             return label_gain_reward(out0.logit_next, logit1, batch["y"], form)
         m0, v0 = asking.forecast_moments(out0, w)  # [B]
         m1, v1 = asking.forecast_moments(outs, w)

@@ -342,16 +342,32 @@ def posterior_of(mu_z: Tensor, sigma_z: Tensor, batch: dict[str, Tensor], loss_c
     return posterior_loss(mu_z, sigma_z, z, sigma_target, loss_cfg.lam)
 
 
-def readings_part(out: AlineOutput, loss_cfg: LossConfig, b: int) -> Tensor:
+def resolve_readings(loss_cfg: LossConfig, posterior: str, has_likelihood: bool) -> float:
+    """The weight ``loss.readings`` means under a resolved ``loss.posterior``, for an encoder with or
+    without the readings' likelihood: ``auto`` → 1 with labels only (the readings are then all a state-space
+    model can be fitted to) on an encoder that has one, else 0."""
+    if loss_cfg.readings != "auto":
+        return float(loss_cfg.readings)
+    return 1.0 if posterior == "none" and has_likelihood else 0.0
+
+
+def readings_weight(out: AlineOutput, batch: dict[str, Tensor], loss_cfg: LossConfig) -> float:
+    """:func:`resolve_readings` for one pass's output, ``auto`` resolved from the batch's keys as
+    :func:`posterior_of` resolves ``loss.posterior``."""
+    posterior = resolve_posterior(loss_cfg, "z" in batch, "sigma" in batch)
+    return resolve_readings(loss_cfg, posterior, out.readings_nll is not None)
+
+
+def readings_part(out: AlineOutput, batch: dict[str, Tensor], loss_cfg: LossConfig, b: int) -> Tensor:
     """``loss.readings`` times the readings' own NLL per window ``[B]``, averaged over the day as logged
     and (when the pass holds ``2B`` rows) the day with its answers. Zero for an encoder without one."""
-    weight = loss_cfg.readings
-    if out.readings_nll is None or weight == "auto" or not weight:
+    weight = readings_weight(out, batch, loss_cfg)
+    if out.readings_nll is None or not weight:
         return out.logits.new_zeros(b)
     nll = out.readings_nll  # [B] or [2B]
     if nll.shape[0] != b:
         nll = 0.5 * (nll[:b] + nll[b:])
-    return float(weight) * nll
+    return weight * nll
 
 
 def _require(batch: dict[str, Tensor], key: str, why: str) -> Tensor:

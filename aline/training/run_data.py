@@ -16,7 +16,7 @@ from aline.data.splits import reference_roles
 from aline.model.asking import answer_mapping_problem, has_answer_channel, pool_mask
 from aline.scoring import binary_scores
 from aline.training.closed_loop import resolve_info_gain, resolve_label_gain, resolve_reward
-from aline.training.losses import resolve_mean_target, resolve_posterior
+from aline.training.losses import resolve_mean_target, resolve_posterior, resolve_readings
 
 __all__ = [
     "check_roles",
@@ -41,10 +41,7 @@ def resolve_config(cfg: Config, splits: dict[str, RawSplit]) -> Config:
         # Without latent targets the labels are the only signal the encoder gets.
         into = posterior == "none"
     mean_target = resolve_mean_target(cfg.loss, posterior, train.post_mean is not None)
-    readings = cfg.loss.readings
-    if readings == "auto":
-        # With no latent truth, the readings are the only thing the state-space model can be fitted to.
-        readings = 1.0 if posterior == "none" and cfg.model.encoder == "kalman" else 0.0
+    readings = resolve_readings(cfg.loss, posterior, has_likelihood=cfg.model.encoder == "kalman")
     loss = cfg.loss.model_copy(
         update={
             "posterior": posterior,
